@@ -1,0 +1,1 @@
+"""The node agent (never imports Django): device discovery, registration, heartbeats."""

@@ -1,0 +1,64 @@
+"""``flotilla agent`` (also ``python -m agents``)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any
+
+
+def parse_labels(text: str | None) -> dict[str, str]:
+    labels = {}
+    for part in (text or "").split(","):
+        if part.strip():
+            key, sep, value = part.partition("=")
+            if not sep:
+                raise SystemExit(f"error: --labels term {part!r} is not key=value")
+            labels[key.strip()] = value.strip()
+    return labels
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--name", help="node name (default: the host name)")
+    parser.add_argument("--cluster", help="Cluster this node joins")
+    parser.add_argument("--labels", help="node labels, k=v[,k=v]")
+    parser.add_argument("--simulate", help="simulated devices, e.g. 8xH100 or 4xA100-80GB,4xL4")
+    parser.add_argument("--interval", type=float, default=5.0, help="heartbeat seconds (default 5)")
+
+
+def add_agent_parser(sub: Any) -> None:
+    parser = sub.add_parser("agent", help="run the node agent on this machine")
+    configure(parser)
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from agents.agent import build
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per heartbeat is noise
+    try:
+        agent = build(
+            args.server,
+            args.token,
+            args.name,
+            args.cluster,
+            parse_labels(args.labels),
+            args.simulate,
+            args.interval,
+        )
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    agent.install_signal_handlers()
+    agent.run()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="flotilla agent")
+    parser.add_argument("--server")
+    parser.add_argument("--token")
+    configure(parser)
+    return run(parser.parse_args(argv))

@@ -1,0 +1,382 @@
+"""The REST API under /api/v1/ (plain Django views, JSON in and out).
+
+Token auth only (no cookies), so these views are CSRF-exempt by design; the
+dashboard's cookie-authenticated forms keep CSRF protection.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+
+from controlplane import apply as applier
+from controlplane import auth, events, openapi, store, watch, yamldocs
+from controlplane.controllers import nodes
+from controlplane.errors import ApiError, Conflict, Invalid, NotFound, TooLarge
+from controlplane.models import ApiToken, AuditEntry, Event, Resource
+from controlplane.specs import BY_PLURAL, KINDS, KindInfo, name_problem
+from controlplane.timeutil import rfc3339
+from plugins import manager
+
+log = logging.getLogger(__name__)
+READ_METHODS = {"GET", "HEAD"}
+
+
+def endpoint(methods: dict[str, str]) -> Callable:
+    """Wrap a view: check the method, authenticate, require the role, render errors."""
+
+    def decorate(view: Callable[..., Any]) -> Callable[..., JsonResponse]:
+        @csrf_exempt
+        @functools.wraps(view)
+        def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> JsonResponse:
+            try:
+                if request.method not in methods:
+                    return JsonResponse(
+                        {
+                            "error": {
+                                "code": "MethodNotAllowed",
+                                "message": f"use {', '.join(methods)}",
+                            }
+                        },
+                        status=405,
+                    )
+                principal = auth.authenticate(request.headers.get("Authorization"))
+                auth.require(principal, methods[request.method])
+                request.principal = principal  # type: ignore[attr-defined]
+                result = view(request, *args, **kwargs)
+                if isinstance(result, JsonResponse):
+                    return result
+                return JsonResponse(result, safe=False, json_dumps_params={"separators": (",", ":")})
+            except ApiError as exc:
+                return JsonResponse(exc.body(), status=exc.status)
+            except Exception:
+                log.exception("unhandled error in %s %s", request.method, request.path)
+                return JsonResponse(
+                    {
+                        "error": {
+                            "code": "InternalError",
+                            "message": "internal error; see the server log",
+                        }
+                    },
+                    status=500,
+                )
+
+        return wrapper
+
+    return decorate
+
+
+def read_body(request: HttpRequest) -> bytes:
+    limit = settings.FLOTILLA_MAX_BODY_BYTES
+    declared = int(request.META.get("CONTENT_LENGTH") or 0)
+    if declared > limit:
+        raise TooLarge(
+            f"body is {declared} bytes; the limit is {limit}",
+            [{"field": "", "fix": "send less, or raise FLOTILLA_MAX_BODY_BYTES"}],
+        )
+    return request.read(limit + 1)
+
+
+def json_body(request: HttpRequest) -> Any:
+    body = read_body(request)
+    docs = yamldocs.parse(body, settings.FLOTILLA_MAX_BODY_BYTES, 1)
+    return docs[0]
+
+
+def kind_info(plural: str) -> KindInfo:
+    info = BY_PLURAL.get(plural)
+    if info is None:
+        raise NotFound(
+            f"unknown resource type {plural!r}",
+            [{"field": "kind", "fix": "use one of: " + ", ".join(BY_PLURAL)}],
+        )
+    return info
+
+
+def parse_selector(text: str | None, what: str = "labelSelector") -> dict[str, str]:
+    selector: dict[str, str] = {}
+    for part in (text or "").split(","):
+        if not part.strip():
+            continue
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip():
+            raise Invalid(
+                f"{what} term {part!r} is not key=value",
+                [{"field": what, "fix": "write key=value[,key=value]"}],
+            )
+        selector[key.strip()] = value.strip().removeprefix("=")
+    return selector
+
+
+def int_param(request: HttpRequest, name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.GET.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise Invalid(
+            f"{name} must be an integer", [{"field": name, "fix": f"send {name}=<integer>"}]
+        ) from None
+    return max(lo, min(hi, value))
+
+
+# --- resources ------------------------------------------------------------------------
+
+
+@endpoint({"POST": "operator"})
+def apply_view(request: HttpRequest) -> dict[str, Any]:
+    documents = yamldocs.parse(
+        read_body(request), settings.FLOTILLA_MAX_BODY_BYTES, settings.FLOTILLA_MAX_DOCUMENTS
+    )
+    dry_run = request.GET.get("dryRun", "").lower() in {"1", "true", "all"}
+    outcomes = applier.apply(documents, actor=request.principal.name, dry_run=dry_run)
+    return {"dryRun": dry_run, "results": [o.as_dict() for o in outcomes]}
+
+
+@endpoint({"GET": "viewer"})
+def collection_view(request: HttpRequest, plural: str) -> dict[str, Any]:
+    info = kind_info(plural)
+    selector = parse_selector(request.GET.get("labelSelector"))
+    fields = parse_selector(request.GET.get("fieldSelector"), "fieldSelector")
+    node_name = fields.pop("spec.nodeName", None)
+    if fields:
+        raise Invalid(
+            f"fieldSelector supports only spec.nodeName, not {', '.join(fields)}",
+            [{"field": "fieldSelector", "fix": "use labelSelector for labels"}],
+        )
+    if request.GET.get("watch", "").lower() in {"1", "true"}:
+        since = int_param(request, "resourceVersion", 0, 0, 2**62)
+        timeout = int_param(request, "timeoutSeconds", 30, 0, settings.FLOTILLA_WATCH_MAX_SECONDS)
+        return watch.wait(info.kind, since, timeout, selector, node_name)
+    filters = {"node_name": node_name} if node_name is not None else {}
+    with transaction.atomic():
+        version = watch.current_version()
+        items = [store.to_document(r) for r in store.list_kind(info.kind, selector, **filters)]
+    return {
+        "apiVersion": "flotilla.dev/v1",
+        "kind": f"{info.kind}List",
+        "metadata": {"resourceVersion": str(version)},
+        "items": items,
+    }
+
+
+@endpoint({"GET": "viewer", "PUT": "operator", "DELETE": "operator"})
+def object_view(request: HttpRequest, plural: str, name: str) -> Any:
+    info = kind_info(plural)
+    if request.method == "GET":
+        return store.to_document(store.get(info.kind, name))
+    if request.method == "PUT":
+        outcome = applier.replace(json_body(request), info.kind, name, request.principal.name)
+        document = store.to_document(store.get(info.kind, name))
+        return {**document, "action": outcome.action}
+    return delete(info, name, request.principal.name)
+
+
+def delete(info: KindInfo, name: str, actor: str) -> JsonResponse:
+    with transaction.atomic():
+        resource = store.get(info.kind, name, for_update=True)
+        if info.kind == "Policy":
+            users = policy_users(name)
+            if users:
+                raise Conflict(
+                    f"policy/{name} is used by {', '.join(users[:5])}",
+                    [
+                        {
+                            "field": "metadata.name",
+                            "fix": "point those objects at another policy first",
+                        }
+                    ],
+                )
+        gone = store.request_delete(resource)
+        events.audit(actor, "delete", info.kind, name)
+        if gone:
+            return JsonResponse({"status": "deleted", "kind": info.kind, "name": name}, status=200)
+        document = store.to_document(resource)
+    return JsonResponse({"status": "deleting", "object": document}, status=202)
+
+
+def policy_users(policy: str) -> list[str]:
+    users = []
+    for kind, name, spec in Resource.objects.filter(
+        kind__in=["Deployment", "TrainingJob", "Cluster"]
+    ).values_list("kind", "name", "spec"):
+        named = set((spec.get("policies") or {}).values()) | {(spec.get("checkpoint") or {}).get("policy")}
+        if policy in named:
+            users.append(f"{kind.lower()}/{name}")
+    return users
+
+
+@endpoint({"PUT": "agent"})
+def status_view(request: HttpRequest, plural: str, name: str) -> dict[str, Any]:
+    """Status is written here only, by controllers (admin) and agents (their own objects)."""
+    info = kind_info(plural)
+    body = json_body(request)
+    if not isinstance(body, dict) or not isinstance(body.get("status"), dict):
+        raise Invalid('send {"status": {...}}', [{"field": "status", "fix": "wrap the status in an object"}])
+    with transaction.atomic():
+        resource = store.get(info.kind, name, for_update=True)
+        principal = request.principal
+        if principal.role == "agent":
+            own = (info.kind == "Node" and name == principal.node_name) or (
+                info.kind == "Workload" and resource.node_name == principal.node_name and principal.node_name
+            )
+            if not own:
+                auth.require(auth.Principal(principal.name, "viewer"), "admin")
+        store.update_status(resource, body["status"])
+        return store.to_document(resource)
+
+
+@endpoint({"GET": "viewer"})
+def object_events_view(request: HttpRequest, plural: str, name: str) -> dict[str, Any]:
+    info = kind_info(plural)
+    limit = int_param(request, "limit", 100, 1, 1000)
+    rows = Event.objects.filter(kind=info.kind, name=name).order_by("-last_seen")[:limit]
+    return {"items": [events.to_dict(e) for e in rows]}
+
+
+@endpoint({"GET": "viewer"})
+def events_view(request: HttpRequest) -> dict[str, Any]:
+    limit = int_param(request, "limit", 100, 1, 1000)
+    rows = Event.objects.order_by("-last_seen")
+    if kind := request.GET.get("kind"):
+        info = KINDS.get(kind) or kind_info(kind.lower())
+        rows = rows.filter(kind=info.kind)
+    if name := request.GET.get("name"):
+        rows = rows.filter(name=name)
+    if type_ := request.GET.get("type"):
+        rows = rows.filter(type=type_)
+    return {"items": [events.to_dict(e) for e in rows[:limit]]}
+
+
+@endpoint({"GET": "admin"})
+def audit_view(request: HttpRequest) -> dict[str, Any]:
+    limit = int_param(request, "limit", 100, 1, 1000)
+    rows = AuditEntry.objects.order_by("-at")
+    for param, column in (("actor", "actor"), ("kind", "kind"), ("name", "name")):
+        if value := request.GET.get(param):
+            rows = rows.filter(**{column: value})
+    return {"items": [events.audit_to_dict(e) for e in rows[:limit]]}
+
+
+@endpoint({"GET": "viewer"})
+def plugins_view(request: HttpRequest) -> dict[str, Any]:
+    return {"items": manager.describe()}
+
+
+# --- tokens -----------------------------------------------------------------------
+
+
+@endpoint({"GET": "admin", "POST": "admin"})
+def tokens_view(request: HttpRequest) -> Any:
+    if request.method == "GET":
+        rows = ApiToken.objects.filter(revoked=False).order_by("created_at")
+        return {
+            "items": [
+                {
+                    "name": t.name,
+                    "prefix": t.prefix,
+                    "role": t.role,
+                    "created": rfc3339(t.created_at),
+                    "lastUsed": rfc3339(t.last_used_at),
+                }
+                for t in rows
+            ]
+        }
+    body = json_body(request)
+    if not isinstance(body, dict):
+        raise Invalid('send {"name": ..., "role": ...}')
+    role = body.get("role", "viewer")
+    name = str(body.get("name") or f"{role}-token")[:128]
+    if role not in ApiToken.ROLES:
+        raise Invalid(
+            f"role {role!r} is not known",
+            [{"field": "role", "fix": "use one of: " + ", ".join(ApiToken.ROLES)}],
+        )
+    token, row = auth.create_token(name, role)
+    events.audit(request.principal.name, "create", "Token", name, f"role={role} prefix={row.prefix}")
+    return JsonResponse({"name": name, "role": role, "prefix": row.prefix, "token": token}, status=201)
+
+
+@endpoint({"DELETE": "admin"})
+def token_view(request: HttpRequest, prefix: str) -> dict[str, Any]:
+    updated = ApiToken.objects.filter(prefix=prefix, revoked=False).update(revoked=True)
+    if not updated:
+        raise NotFound(f"no active token with prefix {prefix}")
+    events.audit(request.principal.name, "revoke", "Token", prefix)
+    return {"status": "revoked", "prefix": prefix}
+
+
+# --- agent protocol ----------------------------------------------------------------
+
+
+def _node_name(body: dict[str, Any]) -> str:
+    name = body.get("name")
+    if problem := name_problem(name):
+        raise Invalid(f"node name {problem}", [{"field": "name", "fix": "use the host name, lower-cased"}])
+    return name
+
+
+@endpoint({"POST": "agent"})
+def register_view(request: HttpRequest) -> dict[str, Any]:
+    body = json_body(request)
+    if not isinstance(body, dict):
+        raise Invalid("send a JSON object")
+    name = _node_name(body)
+    devices = body.get("devices") or []
+    if not isinstance(devices, list) or len(devices) > 256:
+        raise Invalid(
+            "devices must be a list of at most 256 devices",
+            [{"field": "devices", "fix": "send the node's devices"}],
+        )
+    cluster = body.get("cluster") or None
+    if cluster is not None and (problem := name_problem(cluster)):
+        raise Invalid(f"cluster {problem}", [{"field": "cluster", "fix": "use a Cluster's name"}])
+    labels = applier.Metadata.model_validate({"name": name, "labels": body.get("labels") or {}}).labels
+    node = nodes.register(name, cluster=cluster, labels=labels, devices=devices, info=body.get("info") or {})
+    return {
+        "node": store.to_document(node),
+        "heartbeatSeconds": max(1.0, settings.FLOTILLA_NODE_TIMEOUT / 8),
+    }
+
+
+@endpoint({"POST": "agent"})
+def heartbeat_view(request: HttpRequest) -> dict[str, Any]:
+    body = json_body(request)
+    if not isinstance(body, dict):
+        raise Invalid("send a JSON object")
+    name = _node_name(body)
+    principal = request.principal
+    if principal.role == "agent" and principal.node_name and principal.node_name != name:
+        auth.require(auth.Principal(principal.name, "viewer"), "admin")
+    node = nodes.heartbeat(name, body.get("devices"))
+    return {"resourceVersion": str(node.resource_version), "at": time.time()}
+
+
+def openapi_view(request: HttpRequest) -> JsonResponse:
+    return JsonResponse(openapi.document())
+
+
+def healthz(request: HttpRequest) -> JsonResponse:
+    Resource.objects.exists()
+    return JsonResponse({"status": "ok"})
+
+
+def not_found(request: HttpRequest, path: str = "") -> JsonResponse:
+    return JsonResponse(
+        {
+            "error": {
+                "code": "NotFound",
+                "message": f"no API endpoint {request.path}; see /api/v1/openapi.json",
+            }
+        },
+        status=404,
+    )

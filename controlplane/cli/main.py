@@ -1,0 +1,269 @@
+"""The ``flotilla`` command line.
+
+Client commands talk to the API over HTTP and never load Django; ``up`` and
+``bench`` start processes of their own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from controlplane.cli import output
+from controlplane.client import Client, ClientError
+from controlplane.specs import KINDS, kind_for
+
+YAML_SUFFIXES = {".yaml", ".yml", ".json"}
+
+
+def read_files(paths: list[str]) -> str:
+    """Concatenate the documents of files and directories (sorted, non-recursive)."""
+    chunks = []
+    for raw in paths:
+        path = Path(raw)
+        if raw == "-":
+            chunks.append(sys.stdin.read())
+        elif path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.suffix in YAML_SUFFIXES)
+            if not files:
+                raise ClientError(f"{path} has no .yaml, .yml or .json files")
+            chunks += [f.read_text() for f in files]
+        elif path.exists():
+            chunks.append(path.read_text())
+        else:
+            raise ClientError(f"{path} does not exist")
+    return "\n---\n".join(chunk.strip().removeprefix("---") for chunk in chunks)
+
+
+def resolve_kind(word: str) -> Any:
+    info = kind_for(word)
+    if info is None:
+        raise ClientError(
+            f"unknown kind {word!r}; use one of: " + ", ".join(info.plural for info in KINDS.values())
+        )
+    return info
+
+
+def print_diff(changes: list[dict[str, Any]]) -> None:
+    for change in changes:
+        if change["op"] == "add":
+            print(f"    + {change['path']}: {change['new']!r}")
+        elif change["op"] == "remove":
+            print(f"    - {change['path']}: {change['old']!r}")
+        else:
+            print(f"    ~ {change['path']}: {change['old']!r} -> {change['new']!r}")
+
+
+def cmd_apply(args: argparse.Namespace, client: Client) -> int:
+    result = client.apply(read_files(args.filename), dry_run=args.dry_run)
+    suffix = " (dry run)" if args.dry_run else ""
+    for item in result["results"]:
+        print(f"{item['kind'].lower()}/{item['name']} {item['action']}{suffix}")
+        if args.dry_run and item["action"] != "unchanged":
+            print_diff(item["diff"])
+    return 0
+
+
+def cmd_get(args: argparse.Namespace, client: Client) -> int:
+    info = resolve_kind(args.kind)
+    if args.name:
+        document = client.get(info.plural, args.name)
+        document.pop("_status", None)
+        if args.output in ("yaml", "json"):
+            print(output.dump(document, args.output))
+        else:
+            print(output.resource_table(info.kind, [document], wide=args.output == "wide"))
+        return 0
+    listing = client.list(info.plural, labelSelector=args.selector)
+    items = listing["items"]
+    if args.output in ("yaml", "json"):
+        print(output.dump({"kind": f"{info.kind}List", "items": items}, args.output))
+    elif items:
+        print(output.resource_table(info.kind, items, wide=args.output == "wide"))
+    elif not args.watch:
+        print(f"No {info.plural} found.")
+    if args.watch:
+        since = listing["metadata"]["resourceVersion"]
+        while True:
+            result = client.watch(info.plural, since, 30, labelSelector=args.selector)
+            since = result["resourceVersion"]
+            for event in result["events"]:
+                line = output.resource_table(info.kind, [event["object"]], wide=args.output == "wide")
+                print(f"{event['type']:<9}" + line.splitlines()[1])
+    return 0
+
+
+def cmd_describe(args: argparse.Namespace, client: Client) -> int:
+    info = resolve_kind(args.kind)
+    document = client.get(info.plural, args.name)
+    events = client.events(info.plural, args.name, limit=20)["items"]
+    print(output.describe(document, events))
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace, client: Client) -> int:
+    info = resolve_kind(args.kind)
+    result = client.delete(info.plural, args.name)
+    ref = f"{info.kind.lower()}/{args.name}"
+    if result["_status"] == 202:
+        print(f"{ref} deleting (waiting for its workloads to stop)")
+        if not args.wait:
+            return 0
+        deadline = time.monotonic() + args.timeout
+        while time.monotonic() < deadline:
+            try:
+                client.get(info.plural, args.name)
+            except ClientError as exc:
+                if exc.status == 404:
+                    break
+                raise
+            time.sleep(0.5)
+        else:
+            raise ClientError(
+                f"{ref} still exists after {args.timeout}s; "
+                f"see `flotilla describe {info.kind.lower()} {args.name}`"
+            )
+    print(f"{ref} deleted")
+    return 0
+
+
+def cmd_events(args: argparse.Namespace, client: Client) -> int:
+    if args.kind and args.name:
+        info = resolve_kind(args.kind)
+        items = client.events(info.plural, args.name, args.limit)["items"]
+    else:
+        items = client.events(limit=args.limit)["items"]
+    print(output.events_table(items, with_object=not args.name) if items else "No events.")
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace, client: Client) -> int:
+    items = client.request("GET", "/api/v1/plugins")["items"]
+    if args.output in ("yaml", "json"):
+        print(output.dump(items, args.output))
+        return 0
+    rows = [
+        [
+            p["kind"],
+            p["name"],
+            ", ".join(p["paramsSchema"].get("properties", {})) or "-",
+            p["description"],
+        ]
+        for p in sorted(items, key=lambda p: (p["kind"], p["name"]))
+    ]
+    print(output.table(rows, ["KIND", "NAME", "PARAMS", "DESCRIPTION"]))
+    return 0
+
+
+def cmd_token(args: argparse.Namespace, client: Client) -> int:
+    result = client.request(
+        "POST",
+        "/api/v1/tokens",
+        json={"name": args.name or f"{args.role}-token", "role": args.role},
+    )
+    print(f"token/{result['name']} created (role {result['role']}, prefix {result['prefix']})")
+    print(result["token"])
+    print("Store it now: it is not shown again.", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flotilla", description="Declarative control plane for GPU fleets.")
+    parser.add_argument(
+        "--server", help="API URL (default: FLOTILLA_SERVER, config.yml, http://127.0.0.1:8000)"
+    )
+    parser.add_argument("--token", help="API token (default: FLOTILLA_TOKEN, then config.yml)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = sub.add_parser("up", help="run everything on this machine with embedded defaults")
+    up.add_argument("--port", type=int, default=8000)
+    up.add_argument("--host", default="127.0.0.1")
+    up.add_argument("--no-agent", action="store_true", help="do not register this machine as a node")
+
+    apply = sub.add_parser("apply", help="create or update resources from YAML/JSON")
+    apply.add_argument(
+        "-f", "--filename", action="append", required=True, help="file, directory or - (repeatable)"
+    )
+    apply.add_argument("--dry-run", action="store_true", help="show the plan and diff; change nothing")
+
+    plan = sub.add_parser("plan", help="show what apply would do, with field-level diffs")
+    plan.add_argument("-f", "--filename", action="append", required=True)
+    plan.set_defaults(dry_run=True)
+
+    get = sub.add_parser("get", help="list resources or show one")
+    get.add_argument("kind")
+    get.add_argument("name", nargs="?")
+    get.add_argument("-o", "--output", choices=["yaml", "json", "wide"])
+    get.add_argument("-l", "--selector", help="label selector, k=v[,k=v]")
+    get.add_argument("-w", "--watch", action="store_true", help="after listing, print changes as they happen")
+
+    describe = sub.add_parser("describe", help="spec, status, conditions and recent events of one object")
+    describe.add_argument("kind")
+    describe.add_argument("name")
+
+    delete = sub.add_parser("delete", help="delete an object (its workloads go first)")
+    delete.add_argument("kind")
+    delete.add_argument("name")
+    delete.add_argument("--wait", action="store_true", help="wait until it is gone")
+    delete.add_argument("--timeout", type=float, default=60.0)
+
+    events = sub.add_parser("events", help="recent events, for everything or one object")
+    events.add_argument("kind", nargs="?")
+    events.add_argument("name", nargs="?")
+    events.add_argument("--limit", type=int, default=50)
+
+    plugins = sub.add_parser("plugins", help="installed plugins by kind, with their parameters")
+    plugins.add_argument("-o", "--output", choices=["yaml", "json"])
+
+    token = sub.add_parser("token", help="manage API tokens")
+    token_sub = token.add_subparsers(dest="token_command", required=True)
+    create = token_sub.add_parser("create", help="create a token; it is printed once")
+    create.add_argument("--role", choices=["admin", "operator", "viewer", "agent"], default="viewer")
+    create.add_argument("--name")
+
+    from agents.cli import add_agent_parser
+    from controlplane.cli.bench import add_bench_parser
+
+    add_agent_parser(sub)
+    add_bench_parser(sub)
+    return parser
+
+
+COMMANDS = {
+    "apply": cmd_apply,
+    "plan": cmd_apply,
+    "get": cmd_get,
+    "describe": cmd_describe,
+    "delete": cmd_delete,
+    "events": cmd_events,
+    "plugins": cmd_plugins,
+    "token": cmd_token,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "up":
+            from controlplane.cli.up import run_up
+
+            return run_up(args)
+        if args.command in ("agent", "bench"):
+            return args.handler(args)
+        client = Client(args.server, args.token)
+        try:
+            return COMMANDS[args.command](args, client)
+        finally:
+            client.close()
+    except ClientError as exc:
+        print(str(exc) if str(exc).startswith("error:") else f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

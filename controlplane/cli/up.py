@@ -1,0 +1,107 @@
+"""``flotilla up``: the whole system on one machine with embedded defaults."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from pathlib import Path
+
+from controlplane.cli.main import read_files
+from controlplane.cli.stack import PYTHON, Stack
+from controlplane.client import Client, ClientError, load_config, write_config
+from controlplane.envhelpers import flotilla_home
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def run_up(args: argparse.Namespace) -> int:
+    home = flotilla_home()
+    home.mkdir(parents=True, exist_ok=True)
+    stack = Stack(home=home, port=args.port, host=args.host, quiet=False)
+    print(f"flotilla: home {home}; logs in {home / 'logs'}")
+    print("flotilla: migrating the database ...")
+    stack.migrate()
+    token = stack.bootstrap_token()
+    if token:
+        write_config(stack.url, token)
+    else:
+        token = load_config().get("token")
+        if token:
+            write_config(stack.url, token)
+
+    stopping = False
+
+    def stop(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        stack.start_web()
+        stack.start_worker()
+        stack.start_beat()
+        stack.wait_ready()
+        if not args.no_agent and token:
+            # The local agent joins the example Cluster "local" (examples/cluster.yaml).
+            agent = [
+                PYTHON,
+                "-m",
+                "agents",
+                "--server",
+                stack.url,
+                "--token",
+                token,
+                "--cluster",
+                "local",
+            ]
+            stack.spawn("agent", agent)
+        _apply_examples_once(stack, token, home)
+        _banner(stack, token, home)
+        while not stopping:
+            for name, process in list(stack.processes.items()):
+                if process.poll() is not None:
+                    print(
+                        f"flotilla: {name} exited with {process.returncode}; see {stack.log(name)}",
+                        file=sys.stderr,
+                    )
+                    stopping = True
+            time.sleep(0.5)
+    finally:
+        print("\nflotilla: stopping ...")
+        stack.stop()
+        print("flotilla: stopped")
+    return 0
+
+
+def _apply_examples_once(stack: Stack, token: str | None, home: Path) -> None:
+    marker = home / "examples-applied"
+    if marker.exists() or not EXAMPLES.is_dir() or not token:
+        return
+    client = Client(stack.url, token)
+    try:
+        result = client.apply(read_files([str(EXAMPLES)]))
+        for item in result["results"]:
+            print(f"{item['kind'].lower()}/{item['name']} {item['action']}")
+        marker.write_text("applied\n")
+    except ClientError as exc:
+        print(f"flotilla: could not apply examples/: {exc}", file=sys.stderr)
+    finally:
+        client.close()
+
+
+def _banner(stack: Stack, token: str | None, home: Path) -> None:
+    print()
+    print(f"  Flotilla is running:  {stack.url}/")
+    print(f"  API:                  {stack.url}/api/v1/  (schema at /api/v1/openapi.json)")
+    if token and not (home / "token-shown").exists():
+        print(f"  Admin token:          {token}")
+        print(f"                        (shown once; kept for the CLI in {home / 'config.yml'})")
+        (home / "token-shown").write_text("yes\n")
+    else:
+        print(f"  Admin token:          in {home / 'config.yml'} (used by the CLI)")
+    print("  Try:                  flotilla get deployments   |   flotilla events")
+    print("  Stop with Ctrl+C.")
+    print()

@@ -1,0 +1,99 @@
+"""Node lifecycle: registration and heartbeats from agents, and the stale-heartbeat check.
+
+Heartbeats renew a ``NodeLease`` row rather than the Node's status, so a
+fleet of agents does not flood the watch log; the Node itself changes only
+when its devices or readiness do.
+"""
+
+from __future__ import annotations
+
+import copy
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+
+from controlplane import events, store
+from controlplane.conditions import is_true, set_condition
+from controlplane.models import NodeLease, Resource
+from controlplane.timeutil import now, rfc3339
+
+SOURCE = "node-lifecycle"
+
+
+def register(
+    name: str,
+    *,
+    cluster: str | None,
+    labels: dict[str, str],
+    devices: list[dict[str, Any]],
+    info: dict[str, Any],
+) -> Resource:
+    """Create or refresh a Node. The operator's spec edits (cordon, labels) survive a
+    re-registration: an existing Node's spec is left alone."""
+    with transaction.atomic():
+        node = store.find("Node", name)
+        if node is None:
+            spec = {"cluster": cluster, "unschedulable": False, "labels": labels}
+            node = store.create("Node", name, spec)
+            events.record(node, "Registered", f"node registered with {len(devices)} devices", source=SOURCE)
+        status = copy.deepcopy(node.status)
+        status["devices"] = devices
+        status["nodeInfo"] = info
+        set_condition(status, "Ready", True, "AgentHeartbeat", "agent is posting heartbeats")
+        store.update_status(node, status)
+        renew(name)
+        return node
+
+
+def renew(name: str) -> None:
+    NodeLease.objects.update_or_create(node_name=name, defaults={"renewed_at": now()})
+
+
+def heartbeat(name: str, devices: list[dict[str, Any]] | None = None) -> Resource:
+    with transaction.atomic():
+        node = store.get("Node", name)
+        renew(name)
+        status = copy.deepcopy(node.status)
+        if devices is not None:
+            status["devices"] = devices
+        if set_condition(status, "Ready", True, "AgentHeartbeat", "agent is posting heartbeats"):
+            events.record(node, "NodeReady", "heartbeats resumed", source=SOURCE)
+        store.update_status(node, status)
+        return node
+
+
+def last_heartbeat(name: str) -> str | None:
+    lease = NodeLease.objects.filter(node_name=name).first()
+    return rfc3339(lease.renewed_at) if lease else None
+
+
+def check_heartbeats() -> int:
+    """Mark Ready nodes whose lease is older than FLOTILLA_NODE_TIMEOUT as NotReady."""
+    cutoff = now() - timedelta(seconds=settings.FLOTILLA_NODE_TIMEOUT)
+    renewed = dict(NodeLease.objects.values_list("node_name", "renewed_at"))
+    marked = 0
+    for node in Resource.objects.filter(kind="Node"):
+        if not is_true(node.status, "Ready"):
+            continue
+        last = renewed.get(node.name)
+        if last is not None and last >= cutoff:
+            continue
+        with transaction.atomic():
+            node = store.find("Node", node.name)
+            if node is None:
+                continue
+            status = copy.deepcopy(node.status)
+            silent = f"no heartbeat for over {settings.FLOTILLA_NODE_TIMEOUT:g}s"
+            set_condition(status, "Ready", False, "NodeStatusUnknown", silent)
+            store.update_status(node, status)
+            events.record(
+                node,
+                "NodeNotReady",
+                silent + "; its workloads will be rescheduled",
+                type_="Warning",
+                source=SOURCE,
+            )
+            marked += 1
+    return marked

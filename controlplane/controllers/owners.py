@@ -1,0 +1,245 @@
+"""Deployment and TrainingJob controller: owner → scheduler plugin → Workloads.
+
+Level-triggered: each pass reads the owner and all of its Workloads, drops
+Workloads on lost nodes, removes excess replicas, asks the scheduler plugin to
+place the missing ones, and writes Workloads, conditions and events in one
+transaction. Deletion removes the Workloads before the finalizer is lifted.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Any
+
+from django.db import transaction
+
+from controlplane import events, fleet, store
+from controlplane.conditions import is_true, set_condition
+from controlplane.models import Resource
+from controlplane.policies import PolicyProblem, resolve
+from controlplane.specs import KINDS, WORKLOAD_FINALIZER, DeploymentSpec, TrainingJobSpec
+from plugins.types import PlacementRequest
+
+log = logging.getLogger(__name__)
+SOURCE = "owner-controller"
+REPLICA_LABEL = "flotilla.dev/replica"
+OWNER_LABEL = "flotilla.dev/owner"
+
+
+def role_of(kind: str) -> str:
+    return "train" if kind == "TrainingJob" else "serve"
+
+
+def desired_replicas(kind: str, spec: DeploymentSpec | TrainingJobSpec) -> int:
+    return spec.replicas if isinstance(spec, DeploymentSpec) else 1
+
+
+def workload_name(owner: Resource, role: str, index: int) -> str:
+    name = f"{owner.name}-{role}-{index}"
+    if len(name) <= 63:
+        return name
+    return f"{owner.name[:40]}-{str(owner.uid)[:8]}-{role}-{index}"[:63]
+
+
+def replica_index(workload: Resource) -> int:
+    try:
+        return int(workload.labels.get(REPLICA_LABEL, "0"))
+    except ValueError:
+        return 0
+
+
+def owned_workloads(owner: Resource) -> list[Resource]:
+    return sorted(Resource.objects.filter(kind="Workload", owner_uid=str(owner.uid)), key=replica_index)
+
+
+def reconcile(kind: str, name: str) -> None:
+    with transaction.atomic():
+        store.lock_writes()  # scheduling reads free GPUs; no other writer may interleave
+        owner = store.find(kind, name)
+        if owner is None:
+            return
+        if owner.deletion_timestamp is not None:
+            _finalize(owner)
+        else:
+            _converge(owner)
+
+
+def _finalize(owner: Resource) -> None:
+    workloads = owned_workloads(owner)
+    gone = sum(store.request_delete(workload) for workload in workloads)
+    if workloads:
+        events.record(owner, "Deleting", f"removed {gone}/{len(workloads)} workloads", source=SOURCE)
+    if gone == len(workloads):
+        # Workloads with finalizers of their own (an agent stopping them) hold the owner.
+        store.set_finalizers(owner, [f for f in owner.finalizers if f != WORKLOAD_FINALIZER])
+
+
+def _converge(owner: Resource) -> None:
+    info = KINDS[owner.kind]
+    spec = info.spec_model.model_validate(owner.spec)
+    status = copy.deepcopy(owner.status)
+    if WORKLOAD_FINALIZER not in owner.finalizers:
+        store.set_finalizers(owner, [*owner.finalizers, WORKLOAD_FINALIZER])
+
+    view = fleet.snapshot()
+    usable = {node.name for node in view.nodes if node.ready}
+    workloads = owned_workloads(owner)
+
+    # Replicas on nodes that are gone or not ready are replaced elsewhere.
+    for workload in [w for w in workloads if w.node_name not in usable]:
+        events.record(
+            owner,
+            "Rescheduling",
+            f"workload/{workload.name} lost its node {workload.node_name} (not ready or gone)",
+            type_="Warning",
+            source=SOURCE,
+        )
+        store.request_delete(workload)
+        workloads.remove(workload)
+        _free(view, workload)
+
+    desired = desired_replicas(owner.kind, spec)
+    for workload in workloads[desired:]:
+        store.request_delete(workload)
+        _free(view, workload)
+    if len(workloads) > desired:
+        events.record(owner, "ScaledDown", f"removed {len(workloads) - desired} replicas", source=SOURCE)
+    workloads = workloads[:desired]
+
+    missing = desired - len(workloads)
+    unschedulable: str | None = None
+    if missing > 0:
+        unschedulable = _place(owner, spec, view, workloads, missing, status)
+
+    _set_conditions(owner, status, workloads, desired, unschedulable)
+    status["observedGeneration"] = owner.generation
+    status["replicas"] = {
+        "desired": desired,
+        "scheduled": len(workloads),
+        "ready": sum(is_true(w.status, "Ready") for w in workloads),
+    }
+    status["placements"] = [
+        {
+            "workload": w.name,
+            "node": w.node_name,
+            "gpus": w.spec.get("gpus", []),
+            "role": w.spec.get("role"),
+        }
+        for w in workloads
+    ]
+    store.update_status(owner, status)
+
+
+def _free(view: Any, workload: Resource) -> None:
+    node = view.node(workload.node_name)
+    if node is None:
+        return
+    for gpu in node.gpus:
+        if gpu.index in workload.spec.get("gpus", []):
+            gpu.allocated_to = None
+
+
+def _place(
+    owner: Resource,
+    spec: DeploymentSpec | TrainingJobSpec,
+    view: Any,
+    workloads: list[Resource],
+    missing: int,
+    status: dict[str, Any],
+) -> str | None:
+    """Place ``missing`` replicas; append the new Workloads; return why some could not be."""
+    cluster_spec = {}
+    if spec.cluster:
+        cluster = store.find("Cluster", spec.cluster)
+        if cluster is None:
+            return f"cluster {spec.cluster} does not exist; apply it or remove spec.cluster"
+        cluster_spec = cluster.spec
+    policy_name = spec.policies.scheduler or cluster_spec.get("policies", {}).get("scheduler")
+    try:
+        scheduler, params = resolve("scheduler", policy_name)
+    except PolicyProblem as exc:
+        return f"{exc}; {exc.fix}"
+    role = role_of(owner.kind)
+    request = PlacementRequest(
+        owner_kind=owner.kind,
+        owner_name=owner.name,
+        replicas=missing,
+        gpus_per_replica=spec.resources.gpusPerReplica,
+        gpu_types=list(spec.resources.gpuTypes),
+        gpu_memory_gib=spec.resources.gpuMemoryGiB,
+        node_selector=dict(spec.resources.nodeSelector),
+        cluster=spec.cluster,
+        role=role,
+        spec=owner.spec,
+    )
+    result = scheduler.place(request=request, fleet=view, params=params)
+    used = {replica_index(w) for w in workloads}
+    free_indices = (i for i in range(len(workloads) + missing + 1) if i not in used)
+    created = []
+    for placement, index in zip(result.placements[:missing], free_indices, strict=False):
+        workload = store.create(
+            "Workload",
+            workload_name(owner, placement.role, index),
+            {
+                "owner": {"kind": owner.kind, "name": owner.name, "uid": str(owner.uid)},
+                "role": placement.role,
+                "nodeName": placement.node,
+                "gpus": placement.gpus,
+                "runtime": "train" if role == "train" else "serve",
+                "config": {"model": owner.spec.get("model", {})},
+            },
+            labels={OWNER_LABEL: owner.name, REPLICA_LABEL: str(index)},
+            owner_references=[
+                {"kind": owner.kind, "name": owner.name, "uid": str(owner.uid), "controller": True}
+            ],
+        )
+        created.append(workload)
+    workloads.extend(created)
+    workloads.sort(key=replica_index)
+    if created:
+        where = ", ".join(f"{w.node_name}:{w.spec['gpus']}" for w in created)
+        events.record(
+            owner,
+            "Scheduled",
+            f"placed {len(created)} replicas with {scheduler.name}: {where}",
+            source=SOURCE,
+        )
+    return result.unschedulable
+
+
+def _set_conditions(
+    owner: Resource,
+    status: dict[str, Any],
+    workloads: list[Resource],
+    desired: int,
+    unschedulable: str | None,
+) -> None:
+    nodes = sorted({w.node_name for w in workloads})
+    if unschedulable:
+        if set_condition(status, "Scheduled", False, "Unschedulable", unschedulable):
+            events.record(owner, "FailedScheduling", unschedulable, type_="Warning", source=SOURCE)
+    else:
+        set_condition(
+            status,
+            "Scheduled",
+            True,
+            "Placed",
+            f"{len(workloads)} replicas on {len(nodes)} nodes",
+        )
+    ready = sum(is_true(w.status, "Ready") for w in workloads)
+    noun = "replicas serving" if owner.kind == "Deployment" else "replicas running"
+    if desired == 0:
+        set_condition(status, "Ready", True, "ScaledToZero", "0 replicas desired")
+    elif ready >= desired:
+        set_condition(status, "Ready", True, "AllReplicasReady", f"{ready}/{desired} {noun}")
+    else:
+        set_condition(status, "Ready", False, "Starting", f"{ready}/{desired} {noun}")
+    done = not unschedulable and ready >= desired
+    set_condition(
+        status,
+        "Progressing",
+        not done,
+        "Converged" if done else ("WaitingForCapacity" if unschedulable else "WaitingForReplicas"),
+        f"{len(workloads)}/{desired} scheduled, {ready}/{desired} ready",
+    )

@@ -1,0 +1,298 @@
+"""The OpenAPI 3.1 document for /api/v1/, built from the pydantic spec models."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from controlplane.specs import API_VERSION, KINDS
+
+JSON = "application/json"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _ok(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
+    return {"description": description, "content": {JSON: {"schema": schema}}}
+
+
+ERRORS = {
+    "401": _ok(_ref("Error"), "No or bad token"),
+    "403": _ok(_ref("Error"), "The token's role may not do this"),
+    "404": _ok(_ref("Error"), "Not found"),
+}
+
+
+def _components() -> dict[str, Any]:
+    schemas: dict[str, Any] = {
+        "Error": {
+            "type": "object",
+            "properties": {
+                "error": {
+                    "type": "object",
+                    "properties": {
+                        "code": {"type": "string"},
+                        "message": {"type": "string"},
+                        "details": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "properties": {
+                                    "document": {"type": "integer"},
+                                    "field": {"type": "string"},
+                                    "message": {"type": "string"},
+                                    "fix": {"type": "string"},
+                                },
+                            },
+                        },
+                    },
+                    "required": ["code", "message"],
+                }
+            },
+        },
+        "Metadata": {
+            "type": "object",
+            "properties": {
+                "name": {
+                    "type": "string",
+                    "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+                    "maxLength": 63,
+                },
+                "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
+                "uid": {"type": "string", "readOnly": True},
+                "generation": {"type": "integer", "readOnly": True},
+                "resourceVersion": {"type": "string"},
+                "creationTimestamp": {"type": "string", "format": "date-time", "readOnly": True},
+                "deletionTimestamp": {"type": "string", "format": "date-time", "readOnly": True},
+                "finalizers": {"type": "array", "items": {"type": "string"}, "readOnly": True},
+                "ownerReferences": {"type": "array", "items": {"type": "object"}, "readOnly": True},
+            },
+            "required": ["name"],
+        },
+        "ApplyResult": {
+            "type": "object",
+            "properties": {
+                "dryRun": {"type": "boolean"},
+                "results": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "kind": {"type": "string"},
+                            "name": {"type": "string"},
+                            "action": {"enum": ["created", "configured", "unchanged"]},
+                            "generation": {"type": "integer"},
+                            "diff": {"type": "array", "items": {"type": "object"}},
+                        },
+                    },
+                },
+            },
+        },
+        "WatchResult": {
+            "type": "object",
+            "properties": {
+                "resourceVersion": {"type": "string"},
+                "events": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "type": {"enum": ["ADDED", "MODIFIED", "DELETED"]},
+                            "object": {"type": "object"},
+                        },
+                    },
+                },
+            },
+        },
+        "EventList": {
+            "type": "object",
+            "properties": {"items": {"type": "array", "items": {"type": "object"}}},
+        },
+    }
+    for kind, info in KINDS.items():
+        spec_schema = info.spec_model.model_json_schema(ref_template="#/components/schemas/{model}")
+        for name, definition in spec_schema.pop("$defs", {}).items():
+            schemas[name] = definition
+        schemas[f"{kind}Spec"] = spec_schema
+        schemas[kind] = {
+            "type": "object",
+            "properties": {
+                "apiVersion": {"const": API_VERSION},
+                "kind": {"const": kind},
+                "metadata": _ref("Metadata"),
+                "spec": _ref(f"{kind}Spec"),
+                "status": {"type": "object", "readOnly": True},
+            },
+            "required": ["apiVersion", "kind", "metadata"],
+        }
+    return {
+        "schemas": schemas,
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+    }
+
+
+def _kind_paths(kind: str, plural: str) -> dict[str, Any]:
+    name_param = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+    query = [
+        {
+            "name": "labelSelector",
+            "in": "query",
+            "schema": {"type": "string"},
+            "description": "k=v,k2=v2",
+        },
+        {
+            "name": "fieldSelector",
+            "in": "query",
+            "schema": {"type": "string"},
+            "description": "spec.nodeName=NODE",
+        },
+        {"name": "watch", "in": "query", "schema": {"type": "boolean"}},
+        {"name": "resourceVersion", "in": "query", "schema": {"type": "integer"}},
+        {"name": "timeoutSeconds", "in": "query", "schema": {"type": "integer"}},
+    ]
+    list_schema = {
+        "oneOf": [
+            {"type": "object", "properties": {"items": {"type": "array", "items": _ref(kind)}}},
+            _ref("WatchResult"),
+        ]
+    }
+    return {
+        f"/api/v1/{plural}": {
+            "get": {
+                "summary": f"List {plural}, or watch them with watch=true",
+                "parameters": query,
+                "responses": {
+                    "200": _ok(list_schema),
+                    "410": _ok(_ref("Error"), "resourceVersion too old"),
+                    **ERRORS,
+                },
+            }
+        },
+        f"/api/v1/{plural}/{{name}}": {
+            "parameters": [name_param],
+            "get": {"summary": f"Get one {kind}", "responses": {"200": _ok(_ref(kind)), **ERRORS}},
+            "put": {
+                "summary": f"Replace a {kind}'s spec; needs metadata.resourceVersion",
+                "requestBody": {"required": True, "content": {JSON: {"schema": _ref(kind)}}},
+                "responses": {
+                    "200": _ok(_ref(kind)),
+                    "409": _ok(_ref("Error"), "Stale resourceVersion"),
+                    "422": _ok(_ref("Error"), "Invalid"),
+                    **ERRORS,
+                },
+            },
+            "delete": {
+                "summary": f"Delete a {kind} (202 while finalizers remain)",
+                "responses": {
+                    "200": _ok({"type": "object"}),
+                    "202": _ok({"type": "object"}, "Deleting"),
+                    **ERRORS,
+                },
+            },
+        },
+        f"/api/v1/{plural}/{{name}}/status": {
+            "parameters": [name_param],
+            "put": {
+                "summary": f"Write a {kind}'s status (controllers and agents only)",
+                "requestBody": {
+                    "required": True,
+                    "content": {JSON: {"schema": {"type": "object"}}},
+                },
+                "responses": {"200": _ok(_ref(kind)), **ERRORS},
+            },
+        },
+        f"/api/v1/{plural}/{{name}}/events": {
+            "parameters": [name_param],
+            "get": {
+                "summary": f"Events about one {kind}",
+                "responses": {"200": _ok(_ref("EventList")), **ERRORS},
+            },
+        },
+    }
+
+
+@cache
+def document() -> dict[str, Any]:
+    paths: dict[str, Any] = {
+        "/api/v1/apply": {
+            "post": {
+                "summary": "Apply one or many documents (YAML or JSON); all or nothing",
+                "parameters": [{"name": "dryRun", "in": "query", "schema": {"type": "boolean"}}],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/yaml": {"schema": {"type": "string"}},
+                        JSON: {"schema": {"type": "object"}},
+                    },
+                },
+                "responses": {
+                    "200": _ok(_ref("ApplyResult")),
+                    "409": _ok(_ref("Error"), "Object is being deleted"),
+                    "413": _ok(_ref("Error"), "Body or document count over the limit"),
+                    "422": _ok(_ref("Error"), "Invalid documents; nothing was written"),
+                    **ERRORS,
+                },
+            }
+        },
+        "/api/v1/events": {
+            "get": {
+                "summary": "Recent events",
+                "responses": {"200": _ok(_ref("EventList")), **ERRORS},
+            }
+        },
+        "/api/v1/audit": {
+            "get": {
+                "summary": "The audit log (admin)",
+                "responses": {"200": _ok(_ref("EventList")), **ERRORS},
+            }
+        },
+        "/api/v1/plugins": {
+            "get": {
+                "summary": "Installed plugins by kind with parameter schemas",
+                "responses": {"200": _ok({"type": "object"}), **ERRORS},
+            }
+        },
+        "/api/v1/tokens": {
+            "get": {
+                "summary": "List tokens (admin)",
+                "responses": {"200": _ok({"type": "object"}), **ERRORS},
+            },
+            "post": {
+                "summary": "Create a token (admin); the plaintext is returned once",
+                "responses": {"201": _ok({"type": "object"}), **ERRORS},
+            },
+        },
+        "/api/v1/tokens/{prefix}": {
+            "delete": {
+                "summary": "Revoke a token (admin)",
+                "parameters": [
+                    {"name": "prefix", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
+                "responses": {"200": _ok({"type": "object"}), **ERRORS},
+            }
+        },
+        "/api/v1/agent/register": {
+            "post": {
+                "summary": "Agent protocol: register a node and its devices",
+                "responses": {"200": _ok({"type": "object"}), **ERRORS},
+            }
+        },
+        "/api/v1/agent/heartbeat": {
+            "post": {
+                "summary": "Agent protocol: heartbeat",
+                "responses": {"200": _ok({"type": "object"}), **ERRORS},
+            }
+        },
+    }
+    for kind, info in KINDS.items():
+        paths.update(_kind_paths(kind, info.plural))
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Flotilla API", "version": "v1"},
+        "security": [{"bearer": []}],
+        "paths": paths,
+        "components": _components(),
+    }

@@ -1,0 +1,262 @@
+"""The resource kinds: envelope rules and pydantic spec models.
+
+Pure Python (pydantic only) so that agents, plugins, the simulator and unit
+tests import it without Django. Field names are the API contract (DESIGN §2):
+later work adds fields and never renames them.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+API_VERSION = "flotilla.dev/v1"
+NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+NAME_MAX = 63
+LABEL_KEY_RE = re.compile(r"^([a-z0-9.-]{1,253}/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+LABEL_VALUE_RE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+WORKLOAD_FINALIZER = "flotilla.dev/workloads"
+
+
+def name_problem(name: Any) -> str | None:
+    """Why ``name`` is not a DNS-1123 label, or None when it is one."""
+    if not isinstance(name, str) or not name:
+        return "must be a non-empty string"
+    if len(name) > NAME_MAX:
+        return f"must be at most {NAME_MAX} characters (is {len(name)})"
+    if not NAME_RE.match(name):
+        return (
+            "must be a DNS-1123 label: lower-case letters, digits and '-', "
+            "starting and ending with a letter or digit"
+        )
+    return None
+
+
+def _check_name(value: str | None) -> str | None:
+    if value is not None and (problem := name_problem(value)):
+        raise ValueError(f"{value!r} {problem}")
+    return value
+
+
+def _check_labels(labels: dict[str, str]) -> dict[str, str]:
+    if len(labels) > 64:
+        raise ValueError("at most 64 labels are allowed")
+    for key, value in labels.items():
+        if not LABEL_KEY_RE.match(key):
+            raise ValueError(f"label key {key!r} is not valid; use letters, digits, '-', '_', '.'")
+        if not isinstance(value, str) or not LABEL_VALUE_RE.match(value):
+            raise ValueError(
+                f"label {key}={value!r} is not valid; values are strings of at most 63 "
+                "letters, digits, '-', '_', '.'"
+            )
+    return labels
+
+
+class Spec(BaseModel):
+    """Base for every spec part: unknown fields are errors, not silently dropped."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+Name = Annotated[str, Field(max_length=NAME_MAX)]
+GpuType = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+
+
+# --- shared parts -----------------------------------------------------------------
+
+
+class ModelSource(Spec):
+    source: str = Field(
+        min_length=1,
+        max_length=1024,
+        description="builtin:NAME, or path:/local/weights (safetensors file or directory)",
+    )
+    config: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("source")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        if not value.startswith(("builtin:", "path:")):
+            raise ValueError("must start with 'builtin:' or 'path:' (e.g. builtin:tiny-llama)")
+        return value
+
+
+class Resources(Spec):
+    gpusPerReplica: int = Field(default=1, ge=1, le=64)
+    gpuTypes: list[GpuType] = Field(default_factory=list, max_length=32)
+    gpuMemoryGiB: float | None = Field(default=None, gt=0, le=4096)
+    nodeSelector: dict[str, str] = Field(default_factory=dict)
+
+    _labels = field_validator("nodeSelector")(classmethod(lambda cls, v: _check_labels(v)))
+
+
+class Slo(Spec):
+    ttftMs: float | None = Field(default=None, gt=0)
+    tpotMs: float | None = Field(default=None, gt=0)
+
+
+class ServingWorkload(Spec):
+    requestsPerSecond: float | None = Field(default=None, ge=0)
+    inputTokens: int | None = Field(default=None, ge=1)
+    outputTokens: int | None = Field(default=None, ge=1)
+
+
+class DeploymentPolicies(Spec):
+    scheduler: Name | None = None
+    cache: Name | None = None
+
+    _names = field_validator("scheduler", "cache")(classmethod(lambda cls, v: _check_name(v)))
+
+
+class ClusterPolicies(Spec):
+    scheduler: Name | None = None
+    powercap: Name | None = None
+
+    _names = field_validator("scheduler", "powercap")(classmethod(lambda cls, v: _check_name(v)))
+
+
+class TrainingPolicies(Spec):
+    scheduler: Name | None = None
+
+    _names = field_validator("scheduler")(classmethod(lambda cls, v: _check_name(v)))
+
+
+class CheckpointSpec(Spec):
+    policy: Name | None = None
+    everySteps: int = Field(default=100, ge=1)
+
+    _names = field_validator("policy")(classmethod(lambda cls, v: _check_name(v)))
+
+
+class DataSource(Spec):
+    source: str = Field(min_length=1, max_length=1024, description="builtin:NAME or path:/data")
+    config: dict[str, Any] = Field(default_factory=dict)
+
+
+class OwnerRef(Spec):
+    kind: Literal["Deployment", "TrainingJob"]
+    name: Name
+    uid: str | None = None
+
+
+# --- kinds ------------------------------------------------------------------------
+
+
+class ClusterSpec(Spec):
+    gpuPrices: dict[GpuType, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
+    powerBudgetWatts: float | None = Field(default=None, gt=0)
+    executor: Literal["agent", "kubernetes"] = "agent"
+    policies: ClusterPolicies = Field(default_factory=ClusterPolicies)
+
+
+class NodeSpec(Spec):
+    cluster: Name | None = None
+    unschedulable: bool = False
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    _labels = field_validator("labels")(classmethod(lambda cls, v: _check_labels(v)))
+    _names = field_validator("cluster")(classmethod(lambda cls, v: _check_name(v)))
+
+
+class PolicySpec(Spec):
+    type: Literal["scheduler", "cache", "checkpointer", "powercap"]
+    plugin: Name
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class DeploymentSpec(Spec):
+    model: ModelSource
+    replicas: int = Field(default=1, ge=0, le=4096)
+    resources: Resources = Field(default_factory=Resources)
+    slo: Slo = Field(default_factory=Slo)
+    workload: ServingWorkload = Field(default_factory=ServingWorkload)
+    policies: DeploymentPolicies = Field(default_factory=DeploymentPolicies)
+    cluster: Name | None = None
+
+    _names = field_validator("cluster")(classmethod(lambda cls, v: _check_name(v)))
+
+
+class TrainingJobSpec(Spec):
+    model: ModelSource
+    data: DataSource
+    steps: int = Field(ge=1)
+    batchSize: int = Field(default=8, ge=1)
+    resources: Resources = Field(default_factory=Resources)
+    checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
+    policies: TrainingPolicies = Field(default_factory=TrainingPolicies)
+    cluster: Name | None = None
+
+    _names = field_validator("cluster")(classmethod(lambda cls, v: _check_name(v)))
+
+
+class WorkloadSpec(Spec):
+    owner: OwnerRef
+    role: Literal["serve", "prefill", "decode", "train"]
+    nodeName: Name
+    gpus: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list, max_length=64)
+    runtime: str = Field(default="serve", max_length=64)
+    config: dict[str, Any] = Field(default_factory=dict)
+
+
+class Metadata(Spec):
+    """The part of metadata an operator writes; the server owns the rest."""
+
+    name: Name
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+    resourceVersion: str | None = None
+    # Server-owned fields are accepted (so `get -o yaml | apply` round-trips) and ignored.
+    uid: str | None = None
+    generation: int | None = None
+    creationTimestamp: str | None = None
+    deletionTimestamp: str | None = None
+    finalizers: list[str] | None = None
+    ownerReferences: list[dict[str, Any]] | None = None
+
+    _labels = field_validator("labels")(classmethod(lambda cls, v: _check_labels(v)))
+    _names = field_validator("name")(classmethod(lambda cls, v: _check_name(v)))
+
+
+# --- the registry of kinds ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KindInfo:
+    kind: str
+    plural: str
+    spec_model: type[Spec]
+    # Kinds whose controllers own Workloads get a finalizer so that deletion
+    # waits until the Workloads are gone.
+    finalizer: str | None = None
+
+
+KINDS: dict[str, KindInfo] = {
+    info.kind: info
+    for info in (
+        KindInfo("Cluster", "clusters", ClusterSpec),
+        KindInfo("Node", "nodes", NodeSpec),
+        KindInfo("Policy", "policies", PolicySpec),
+        KindInfo("Deployment", "deployments", DeploymentSpec, WORKLOAD_FINALIZER),
+        KindInfo("TrainingJob", "trainingjobs", TrainingJobSpec, WORKLOAD_FINALIZER),
+        KindInfo("Workload", "workloads", WorkloadSpec),
+    )
+}
+BY_PLURAL: dict[str, KindInfo] = {info.plural: info for info in KINDS.values()}
+
+
+def kind_for(word: str) -> KindInfo | None:
+    """Resolve 'deployments', 'deployment', 'Deployment' or 'deploy' to a kind."""
+    lowered = word.lower()
+    for info in KINDS.values():
+        if lowered in {info.plural, info.kind.lower()}:
+            return info
+    short = {"deploy": "Deployment", "tj": "TrainingJob", "wl": "Workload", "no": "Node"}
+    return KINDS.get(short.get(lowered, ""))
+
+
+def json_schemas() -> dict[str, dict[str, Any]]:
+    """Each kind's spec schema, for OpenAPI and for `flotilla plugins`/docs."""
+    return {kind: info.spec_model.model_json_schema() for kind, info in KINDS.items()}

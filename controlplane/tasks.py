@@ -1,0 +1,49 @@
+"""Celery tasks: reconcile one object, resync everything, check node heartbeats.
+
+Tasks are idempotent and level-triggered, acknowledged late (a task whose
+worker dies is redelivered) and retried with jittered backoff.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+
+from django.db import DatabaseError
+
+from controlplane import reconcile as runner
+from controlplane.celeryapp import app
+from controlplane.errors import TemporaryError
+
+log = logging.getLogger(__name__)
+
+
+def jitter(delay: float) -> float:
+    return delay * random.uniform(0.5, 1.5)
+
+
+@app.task(bind=True, max_retries=None, acks_late=True, reject_on_worker_lost=True)
+def reconcile(self, kind: str, name: str) -> None:
+    try:
+        runner.run(kind, name)
+    except TemporaryError as exc:
+        raise self.retry(countdown=jitter(exc.delay), exc=exc) from None
+    except DatabaseError as exc:
+        # A locked SQLite file or a dropped PostgreSQL connection: back off and retry.
+        delay = min(60.0, 2.0 ** min(self.request.retries, 6))
+        log.warning("reconcile %s/%s: database error, retrying: %s", kind, name, exc)
+        raise self.retry(countdown=jitter(delay), exc=exc) from None
+
+
+@app.task
+def resync() -> int:
+    """Enqueue every owner and cluster: catches whatever a lost message missed."""
+    return runner.resync()
+
+
+@app.task
+def check_nodes() -> int:
+    """Mark nodes whose heartbeat is older than FLOTILLA_NODE_TIMEOUT as not ready."""
+    from controlplane.controllers import nodes
+
+    return nodes.check_heartbeats()

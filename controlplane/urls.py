@@ -1,0 +1,26 @@
+from django.urls import include, path, re_path
+
+from controlplane import api
+
+api_v1 = [
+    path("apply", api.apply_view),
+    path("events", api.events_view),
+    path("audit", api.audit_view),
+    path("plugins", api.plugins_view),
+    path("tokens", api.tokens_view),
+    path("tokens/<str:prefix>", api.token_view),
+    path("agent/register", api.register_view),
+    path("agent/heartbeat", api.heartbeat_view),
+    path("openapi.json", api.openapi_view),
+    path("<str:plural>", api.collection_view),
+    path("<str:plural>/<str:name>", api.object_view),
+    path("<str:plural>/<str:name>/status", api.status_view),
+    path("<str:plural>/<str:name>/events", api.object_events_view),
+    re_path(r"^(?P<path>.*)$", api.not_found),
+]
+
+urlpatterns = [
+    path("api/v1/", include(api_v1)),
+    path("healthz", api.healthz),
+    path("", include("dashboard.urls")),
+]

@@ -1,0 +1,82 @@
+"""Watch: long-poll for the changes after a resourceVersion.
+
+Changes are read from the ``Change`` log, whose ids are resourceVersions in
+commit order. The log keeps the last FLOTILLA_WATCH_RETENTION entries; a
+watcher that asks for something older gets 410 Gone and re-lists, as a
+Kubernetes client does.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from django.conf import settings
+
+from controlplane.errors import Gone
+from controlplane.models import Change, Counter
+
+POLL_SECONDS = 0.2
+PRUNED_COUNTER = "watch_pruned_below"
+
+
+def current_version() -> int:
+    return Counter.objects.filter(name="resource_version").values_list("value", flat=True).first() or 0
+
+
+def pruned_below() -> int:
+    return Counter.objects.filter(name=PRUNED_COUNTER).values_list("value", flat=True).first() or 0
+
+
+def changes_after(
+    kind: str, since: int, selector: dict[str, str], node_name: str | None, limit: int = 500
+) -> tuple[list[Change], int]:
+    """Matching changes after ``since``, and the last version looked at."""
+    queryset = Change.objects.filter(kind=kind, id__gt=since).order_by("id")
+    if node_name is not None:
+        queryset = queryset.filter(node_name=node_name)
+    rows = list(queryset[:limit])
+    seen = rows[-1].id if rows else since
+    if selector:
+        rows = [
+            r
+            for r in rows
+            if all(r.object["metadata"].get("labels", {}).get(k) == v for k, v in selector.items())
+        ]
+    return rows, seen
+
+
+def wait(
+    kind: str, since: int, timeout: int, selector: dict[str, str], node_name: str | None
+) -> dict[str, Any]:
+    if since and since < pruned_below():
+        raise Gone(
+            f"resourceVersion {since} is older than the watch history kept",
+            [
+                {
+                    "field": "resourceVersion",
+                    "fix": "list again and watch from the list's resourceVersion",
+                }
+            ],
+        )
+    deadline = time.monotonic() + timeout
+    while True:
+        rows, since = changes_after(kind, since, selector, node_name)
+        if rows:
+            return {
+                "events": [{"type": r.type, "object": r.object} for r in rows],
+                "resourceVersion": str(rows[-1].id),
+            }
+        if time.monotonic() >= deadline:
+            return {"events": [], "resourceVersion": str(max(since, current_version()))}
+        time.sleep(POLL_SECONDS)
+
+
+def prune() -> int:
+    """Drop watch history beyond the retention; remember where it now starts."""
+    keep_from = current_version() - settings.FLOTILLA_WATCH_RETENTION
+    if keep_from <= pruned_below():
+        return 0
+    deleted, _ = Change.objects.filter(id__lt=keep_from).delete()
+    Counter.objects.update_or_create(name=PRUNED_COUNTER, defaults={"value": keep_from})
+    return deleted

@@ -1,0 +1,92 @@
+"""Parse apply bodies (YAML or JSON, one or many documents) with hard limits.
+
+YAML aliases are refused outright: a few lines of anchors and aliases can
+expand to gigabytes ("billion laughs"), and declarative specs never need them.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import yaml
+from yaml.events import AliasEvent
+
+from controlplane.errors import Invalid, TooLarge
+
+MAX_DEPTH = 32
+
+
+class NoAliasLoader(yaml.SafeLoader):
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(AliasEvent):
+            event = self.peek_event()
+            mark = event.start_mark
+            raise Invalid(
+                f"YAML alias *{event.anchor} at line {mark.line + 1} is not allowed",
+                [{"field": "", "fix": "write the value out instead of using anchors and aliases"}],
+            )
+        return super().compose_node(parent, index)
+
+
+def _depth(value: Any, level: int = 0) -> int:
+    if level > MAX_DEPTH:
+        return level
+    if isinstance(value, dict):
+        return max((_depth(v, level + 1) for v in value.values()), default=level)
+    if isinstance(value, list):
+        return max((_depth(v, level + 1) for v in value), default=level)
+    return level
+
+
+def parse(body: bytes, max_bytes: int, max_documents: int) -> list[Any]:
+    if len(body) > max_bytes:
+        raise TooLarge(
+            f"body is {len(body)} bytes; the limit is {max_bytes}",
+            [
+                {
+                    "field": "",
+                    "fix": "split the apply into smaller batches or raise FLOTILLA_MAX_BODY_BYTES",
+                }
+            ],
+        )
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise Invalid("body is not UTF-8 text") from None
+    stripped = text.lstrip()
+    documents: list[Any]
+    if stripped.startswith(("{", "[")):
+        try:
+            loaded = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise Invalid(f"body is not valid JSON: {exc.msg} at line {exc.lineno}") from None
+        if isinstance(loaded, dict) and loaded.get("kind") == "List":
+            loaded = loaded.get("items", [])
+        documents = loaded if isinstance(loaded, list) else [loaded]
+    else:
+        documents = []
+        try:
+            for document in yaml.load_all(text, Loader=NoAliasLoader):  # noqa: S506 - safe loader
+                if document is not None:
+                    documents.append(document)
+                if len(documents) > max_documents:
+                    break
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise Invalid(f"body is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    if len(documents) > max_documents:
+        raise TooLarge(
+            f"more than {max_documents} documents in one apply",
+            [{"field": "", "fix": "split the apply or raise FLOTILLA_MAX_DOCUMENTS"}],
+        )
+    if not documents:
+        raise Invalid("no documents in the body", [{"field": "", "fix": "send at least one resource"}])
+    for index, document in enumerate(documents):
+        if _depth(document) > MAX_DEPTH:
+            raise Invalid(
+                f"document {index} is nested deeper than {MAX_DEPTH} levels",
+                [{"document": index, "field": "", "fix": "flatten the document"}],
+            )
+    return documents

@@ -1,0 +1,1 @@
+"""Flotilla's plugin contract and built-in plugins (pure Python, no Django)."""

@@ -1,0 +1,133 @@
+"""Built-in scheduler ``binpack``: best fit by free GPU memory.
+
+Each replica goes on the eligible node whose free GPU memory is smallest but
+still enough, so large holes stay open for large replicas. A replica never
+spans nodes. Honours ``gpuTypes``, ``gpusPerReplica``, ``gpuMemoryGiB``, the
+node selector, the cluster, readiness and cordons.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from plugins.hookspecs import hookimpl
+from plugins.types import FleetView, Gpu, NodeView, Placement, PlacementRequest, PlacementResult
+
+MIB_PER_GIB = 1024
+
+
+class BinpackParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    spread: bool = Field(
+        default=False,
+        description="Prefer the node with the most free memory instead (worst fit), "
+        "spreading replicas for failure isolation.",
+    )
+
+
+def gpu_matches(gpu: Gpu, request: PlacementRequest) -> bool:
+    if request.gpu_types and gpu.type not in request.gpu_types:
+        return False
+    if request.gpu_memory_gib and gpu.memory_mib < request.gpu_memory_gib * MIB_PER_GIB:
+        return False
+    return True
+
+
+def node_eligible(node: NodeView, request: PlacementRequest) -> bool:
+    if not (node.ready and node.schedulable):
+        return False
+    if request.cluster and node.cluster != request.cluster:
+        return False
+    return all(node.labels.get(k) == v for k, v in request.node_selector.items())
+
+
+def describe_need(request: PlacementRequest) -> str:
+    types = "/".join(request.gpu_types) if request.gpu_types else "GPU"
+    memory = f" with {request.gpu_memory_gib:g} GiB" if request.gpu_memory_gib else ""
+    return f"{request.gpus_per_replica}×{types}{memory} per replica"
+
+
+def describe_free(fleet: FleetView, request: PlacementRequest) -> str:
+    """What is free where this request may go, e.g. '1×H100 on gpu-a, 2×L4 on gpu-b'."""
+    parts = []
+    for node in fleet.nodes:
+        if not node_eligible(node, request):
+            continue
+        free = Counter(gpu.type for gpu in node.free_gpus() if gpu_matches(gpu, request))
+        parts += [f"{count}×{gtype} on {node.name}" for gtype, count in sorted(free.items())]
+    return ", ".join(parts) if parts else "nothing"
+
+
+def unschedulable_reason(fleet: FleetView, request: PlacementRequest, placed: int) -> str:
+    missing = request.replicas - placed
+    candidates = [n for n in fleet.nodes if not request.cluster or n.cluster == request.cluster]
+    cordoned = [n.name for n in candidates if n.ready and not n.schedulable]
+    not_ready = [n.name for n in candidates if not n.ready]
+    message = (
+        f"{missing} of {request.replicas} replicas unplaced: needs {describe_need(request)}, "
+        f"free: {describe_free(fleet, request)}"
+    )
+    if not candidates:
+        where = f"cluster {request.cluster}" if request.cluster else "the fleet"
+        message += f"; {where} has no nodes (start an agent)"
+    if cordoned:
+        message += f"; cordoned: {', '.join(cordoned[:5])}"
+    if not_ready:
+        message += f"; not ready: {', '.join(not_ready[:5])}"
+    if request.node_selector:
+        selector = ",".join(f"{k}={v}" for k, v in request.node_selector.items())
+        message += f"; nodeSelector {selector}"
+    return message
+
+
+class Binpack:
+    name: ClassVar[str] = "binpack"
+    kind: ClassVar[str] = "scheduler"
+    description: ClassVar[str] = "Best fit by free GPU memory; honours types, cordons and labels."
+    Params: ClassVar[type[BaseModel]] = BinpackParams
+
+    def place(self, *, request: PlacementRequest, fleet: FleetView, params: BaseModel) -> PlacementResult:
+        assert isinstance(params, BinpackParams)
+        placements: list[Placement] = []
+        for _ in range(request.replicas):
+            choice = self._choose(fleet, request, params.spread)
+            if choice is None:
+                break
+            node, gpus = choice
+            for gpu in gpus:
+                gpu.allocated_to = f"{request.owner_kind}/{request.owner_name}"
+            placements.append(Placement(node.name, [g.index for g in gpus], request.role))
+        reason = None
+        if len(placements) < request.replicas:
+            reason = unschedulable_reason(fleet, request, len(placements))
+        return PlacementResult(placements, reason)
+
+    @staticmethod
+    def _choose(
+        fleet: FleetView, request: PlacementRequest, spread: bool
+    ) -> tuple[NodeView, list[Gpu]] | None:
+        best: tuple[tuple, NodeView, list[Gpu]] | None = None
+        for node in fleet.nodes:
+            if not node_eligible(node, request):
+                continue
+            free = [gpu for gpu in node.free_gpus() if gpu_matches(gpu, request)]
+            if len(free) < request.gpus_per_replica:
+                continue
+            # Smallest GPUs that still fit first, so bigger ones stay free.
+            chosen = sorted(free, key=lambda g: (g.memory_mib, g.index))[: request.gpus_per_replica]
+            left = sum(g.memory_mib for g in node.free_gpus()) - sum(g.memory_mib for g in chosen)
+            key = (-left if spread else left, node.name)
+            if best is None or key < best[0]:
+                best = (key, node, chosen)
+        if best is None:
+            return None
+        return best[1], sorted(best[2], key=lambda g: g.index)
+
+
+@hookimpl
+def register_schedulers():
+    return [Binpack()]

@@ -1,0 +1,144 @@
+"""The plugin manager and the registry of named implementations by kind.
+
+Built-ins load first, then modules named in ``FLOTILLA_PLUGIN_MODULES``, then
+installed packages' entry points in the group ``flotilla`` (turned off with
+``FLOTILLA_LOAD_ENTRYPOINTS=false``, as the tests do). ``FLOTILLA_PLUGINS``
+restricts which implementation names are selectable.
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+from typing import Any
+
+import pluggy
+from pydantic import BaseModel, ValidationError
+
+from controlplane.envhelpers import envbool, envlist
+from plugins import hookspecs
+from plugins.types import PLUGIN_KINDS, Plugin
+
+BUILTIN_MODULES = ["plugins.binpack"]
+_HOOK_FOR_KIND = {
+    "scheduler": "register_schedulers",
+    "cache": "register_caches",
+    "checkpointer": "register_checkpointers",
+    "powercap": "register_powercaps",
+}
+
+
+class PluginError(ValueError):
+    """A plugin name or its parameters cannot be used; ``field`` says where."""
+
+    def __init__(self, message: str, field: str = "", fix: str = "", errors: list | None = None):
+        super().__init__(message)
+        self.field = field
+        self.fix = fix
+        self.errors = errors or []
+
+
+_lock = threading.Lock()
+_manager: pluggy.PluginManager | None = None
+_registry: dict[str, dict[str, Plugin]] | None = None
+
+
+def make_manager(modules: list[str] | None = None, entrypoints: bool | None = None) -> pluggy.PluginManager:
+    manager = pluggy.PluginManager("flotilla")
+    manager.add_hookspecs(hookspecs)
+    for dotted in BUILTIN_MODULES + (modules if modules is not None else []):
+        manager.register(importlib.import_module(dotted), name=dotted)
+    if entrypoints:
+        manager.load_setuptools_entrypoints("flotilla")
+    return manager
+
+
+def get_manager() -> pluggy.PluginManager:
+    global _manager
+    with _lock:
+        if _manager is None:
+            _manager = make_manager(
+                envlist("FLOTILLA_PLUGIN_MODULES"), envbool("FLOTILLA_LOAD_ENTRYPOINTS", True)
+            )
+        return _manager
+
+
+def build_registry(manager: pluggy.PluginManager) -> dict[str, dict[str, Plugin]]:
+    allowed = set(envlist("FLOTILLA_PLUGINS"))
+    registry: dict[str, dict[str, Plugin]] = {kind: {} for kind in PLUGIN_KINDS}
+    for kind, hook_name in _HOOK_FOR_KIND.items():
+        for batch in getattr(manager.hook, hook_name)():
+            for impl in batch or []:
+                if impl.kind != kind:
+                    raise PluginError(f"plugin {impl.name!r} says kind {impl.kind!r} from {hook_name}")
+                if allowed and impl.name not in allowed:
+                    continue
+                registry[kind].setdefault(impl.name, impl)
+    return registry
+
+
+def registry() -> dict[str, dict[str, Plugin]]:
+    global _registry
+    if _registry is None:
+        manager = get_manager()
+        built = build_registry(manager)
+        with _lock:
+            _registry = built
+    return _registry
+
+
+def reset() -> None:
+    """Forget the loaded plugins (tests change the environment between cases)."""
+    global _manager, _registry
+    with _lock:
+        _manager = None
+        _registry = None
+
+
+def get(kind: str, name: str) -> Plugin:
+    available = registry().get(kind, {})
+    if name not in available:
+        known = ", ".join(sorted(available)) or "none"
+        raise PluginError(
+            f"no {kind} plugin named {name!r}",
+            field="spec.plugin",
+            fix=f"use one of: {known}",
+        )
+    return available[name]
+
+
+def validate_params(impl: Plugin, params: dict[str, Any]) -> BaseModel:
+    try:
+        return impl.Params.model_validate(params or {})
+    except ValidationError as exc:
+        errors = [
+            {
+                "field": "spec.params." + ".".join(str(p) for p in err["loc"]),
+                "message": err["msg"],
+            }
+            for err in exc.errors()
+        ]
+        raise PluginError(
+            f"bad parameters for {impl.kind} plugin {impl.name!r}",
+            field="spec.params",
+            fix="see the plugin's schema with `flotilla plugins`",
+            errors=errors,
+        ) from None
+
+
+def describe() -> list[dict[str, Any]]:
+    """Every selectable plugin with its kind, description and parameter schema."""
+    return [
+        {
+            "name": impl.name,
+            "kind": kind,
+            "description": impl.description,
+            "paramsSchema": impl.Params.model_json_schema(),
+        }
+        for kind, impls in registry().items()
+        for impl in impls.values()
+    ]
+
+
+def notify_event(event: dict[str, Any]) -> None:
+    get_manager().hook.event_recorded(event=event)
