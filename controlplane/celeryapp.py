@@ -21,15 +21,3 @@ app.conf.update(
     accept_content=["json"],
 )
 app.autodiscover_tasks(["controlplane"])
-
-
-@app.on_after_configure.connect
-def _schedule(sender: Celery, **_: object) -> None:
-    from django.conf import settings
-
-    from controlplane import tasks
-
-    sender.add_periodic_task(settings.FLOTILLA_RESYNC_SECONDS, tasks.resync.s(), name="resync")
-    sender.add_periodic_task(
-        min(10.0, settings.FLOTILLA_NODE_TIMEOUT / 4), tasks.check_nodes.s(), name="check-nodes"
-    )

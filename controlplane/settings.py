@@ -188,11 +188,21 @@ else:
         "visibility_timeout": envint("FLOTILLA_VISIBILITY_TIMEOUT", 300, minimum=10)
     }
 
+# Celery beat: the resync catches whatever a lost message missed; the node check
+# marks nodes without a recent heartbeat NotReady.
+CELERY_BEAT_SCHEDULE = {
+    "resync": {"task": "controlplane.tasks.resync", "schedule": FLOTILLA_RESYNC_SECONDS},
+    "check-nodes": {
+        "task": "controlplane.tasks.check_nodes",
+        "schedule": min(10.0, FLOTILLA_NODE_TIMEOUT / 4),
+    },
+}
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": envstr("LOG_LEVEL") or "INFO"},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    "loggers": {"django.db.backends": {"level": "WARNING"}, "httpx": {"level": "WARNING"}},
 }

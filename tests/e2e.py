@@ -1,0 +1,165 @@
+"""Helpers for the end-to-end suites: a real stack on the back ends CI provides.
+
+With DATABASE_URL and CELERY_BROKER_URL set (CI's PostgreSQL + Redis run), the
+stack gets its own fresh PostgreSQL database and its own Celery queue on that
+Redis; without them it runs on the embedded defaults (SQLite + filesystem
+broker) in a temporary FLOTILLA_HOME.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse, urlunparse
+
+from controlplane.cli.stack import Stack
+from controlplane.client import Client, ClientError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def backend_label() -> str:
+    url = os.environ.get("DATABASE_URL", "")
+    return "postgresql+redis" if url.startswith("postgres") else "sqlite+filesystem"
+
+
+@contextmanager
+def fresh_database() -> Iterator[dict[str, str]]:
+    """Environment for a stack: a throwaway PostgreSQL database when DATABASE_URL is set."""
+    url = os.environ.get("DATABASE_URL", "")
+    env: dict[str, str] = {}
+    broker = os.environ.get("CELERY_BROKER_URL")
+    if broker:
+        env["CELERY_BROKER_URL"] = broker
+        env["FLOTILLA_CELERY_QUEUE"] = f"flotilla-e2e-{uuid.uuid4().hex[:8]}"
+    if not url.startswith("postgres"):
+        env["DATABASE_URL"] = ""
+        yield env
+        return
+    import psycopg
+
+    name = f"flotilla_e2e_{uuid.uuid4().hex[:10]}"
+    parsed = urlparse(url)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    env["DATABASE_URL"] = urlunparse(parsed._replace(path=f"/{name}"))
+    try:
+        yield env
+    finally:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def wait_for(
+    predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.2, what: str = ""
+) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = predicate()
+        except ClientError as exc:
+            last = exc
+        if last and not isinstance(last, Exception):
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}; last: {last!r}")
+
+
+def condition(document: dict[str, Any], type_: str) -> str | None:
+    for item in document.get("status", {}).get("conditions", []):
+        if item["type"] == type_:
+            return item["status"]
+    return None
+
+
+class RunningStack:
+    """A started Stack with an admin client and simulated agents."""
+
+    def __init__(self, stack: Stack, token: str):
+        self.stack = stack
+        self.token = token
+        self.client = Client(stack.url, token)
+        self.agents: dict[str, subprocess.Popen] = {}
+
+    def start_agent(self, name: str, simulate: str = "4xH100", cluster: str | None = None) -> None:
+        argv = [
+            sys.executable,
+            "-m",
+            "agents",
+            "--server",
+            self.stack.url,
+            "--token",
+            self.token,
+            "--name",
+            name,
+            "--simulate",
+            simulate,
+            "--interval",
+            "1",
+        ]
+        if cluster:
+            argv += ["--cluster", cluster]
+        self.agents[name] = self.stack.spawn(f"agent-{name}", argv)
+
+    def stop_agent(self, name: str) -> None:
+        self.agents.pop(name)
+        self.stack.kill(f"agent-{name}")
+
+    def node_ready(self, name: str) -> bool:
+        return condition(self.client.get("nodes", name), "Ready") == "True"
+
+    def cli(self, *args: str, input_text: str | None = None) -> subprocess.CompletedProcess:
+        env = dict(os.environ, FLOTILLA_SERVER=self.stack.url, FLOTILLA_TOKEN=self.token)
+        return subprocess.run(
+            [sys.executable, "-m", "controlplane.cli.main", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            input=input_text,
+            timeout=60,
+            cwd=ROOT,
+            check=False,
+        )
+
+
+@contextmanager
+def running_stack(tmp: Path, extra_env: dict[str, str] | None = None) -> Iterator[RunningStack]:
+    with fresh_database() as db_env:
+        env = {
+            **db_env,
+            "SECRET_KEY": "e2e-" + uuid.uuid4().hex * 2,
+            "FLOTILLA_RESYNC_SECONDS": "2",
+            "FLOTILLA_NODE_TIMEOUT": "4",
+            "FLOTILLA_RECONCILE_LOCK_SECONDS": "3",
+            "FLOTILLA_LOAD_ENTRYPOINTS": "false",
+            "FLOTILLA_PLUGIN_MODULES": "tests.slow_scheduler",
+            **(extra_env or {}),
+        }
+        stack = Stack(home=tmp, port=free_port(), env=env, web_threads=8)
+        try:
+            stack.start()
+            token = stack.bootstrap_token()
+            assert token, "a fresh database must yield a first admin token"
+            running = RunningStack(stack, token)
+            yield running
+        except Exception:
+            for log in sorted((tmp / "logs").glob("*.log")):
+                print(f"===== {log.name} (tail)\n" + log.read_text()[-4000:])
+            raise
+        finally:
+            stack.stop()

@@ -1,0 +1,2 @@
+def test_it_answers_healthz(client, db):
+    assert client.get("/healthz").json() == {"status": "ok"}
