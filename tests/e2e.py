@@ -18,9 +18,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse, urlunparse
 
-from controlplane.cli.stack import Stack
+from controlplane.cli.stack import Stack, backend_env
 from controlplane.client import Client, ClientError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,33 +34,6 @@ def free_port() -> int:
 def backend_label() -> str:
     url = os.environ.get("DATABASE_URL", "")
     return "postgresql+redis" if url.startswith("postgres") else "sqlite+filesystem"
-
-
-@contextmanager
-def fresh_database() -> Iterator[dict[str, str]]:
-    """Environment for a stack: a throwaway PostgreSQL database when DATABASE_URL is set."""
-    url = os.environ.get("DATABASE_URL", "")
-    env: dict[str, str] = {}
-    broker = os.environ.get("CELERY_BROKER_URL")
-    if broker:
-        env["CELERY_BROKER_URL"] = broker
-        env["FLOTILLA_CELERY_QUEUE"] = f"flotilla-e2e-{uuid.uuid4().hex[:8]}"
-    if not url.startswith("postgres"):
-        env["DATABASE_URL"] = ""
-        yield env
-        return
-    import psycopg
-
-    name = f"flotilla_e2e_{uuid.uuid4().hex[:10]}"
-    parsed = urlparse(url)
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    env["DATABASE_URL"] = urlunparse(parsed._replace(path=f"/{name}"))
-    try:
-        yield env
-    finally:
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def wait_for(
@@ -139,7 +111,8 @@ class RunningStack:
 
 @contextmanager
 def running_stack(tmp: Path, extra_env: dict[str, str] | None = None) -> Iterator[RunningStack]:
-    with fresh_database() as db_env:
+    database_url = os.environ.get("DATABASE_URL")
+    with backend_env(database_url, os.environ.get("CELERY_BROKER_URL"), "flotilla_e2e") as db_env:
         env = {
             **db_env,
             "SECRET_KEY": "e2e-" + uuid.uuid4().hex * 2,

@@ -1,10 +1,260 @@
-"""Benchmarks (``flotilla bench …``); filled in below."""
+"""``flotilla bench apply``: apply throughput and apply→Scheduled latency, per back end.
+
+For each back end it starts a fresh stack (web server, Celery worker, beat),
+registers a fleet of simulated nodes through the agent protocol (and keeps them
+heartbeating), applies N Deployments one document per request from a few client
+threads, and follows the Deployments with the watch API to time the moment each
+one turns ``Scheduled=True``. Every figure is measured in this run; back ends
+run one after the other on the same machine so their ratios compare like with like.
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
+
+import yaml
+
+from controlplane.cli.output import table
+from controlplane.cli.stack import Stack, backend_env
+from controlplane.client import Client, ClientError
+
+GPU_MEMORY_MIB = 81559
 
 
 def add_bench_parser(sub: Any) -> None:
-    parser = sub.add_parser("bench", help="run a benchmark and print a table and JSON")
-    parser.set_defaults(handler=lambda args: 0)
+    parser = sub.add_parser("bench", help="run a benchmark; prints a table and JSON")
+    benches = parser.add_subparsers(dest="bench", required=True, metavar="BENCH")
+    apply = benches.add_parser("apply", help="apply N deployments; throughput and apply→Scheduled latency")
+    apply.add_argument("--deployments", type=int, default=1000)
+    apply.add_argument("--gpus-per-node", type=int, default=8)
+    apply.add_argument("--nodes", type=int, help="default: enough GPUs for every deployment")
+    apply.add_argument("--clients", type=int, default=4, help="concurrent apply clients")
+    apply.add_argument(
+        "--backends",
+        default="sqlite,postgresql",
+        help="comma-separated: sqlite (embedded defaults), postgresql (needs --database-url)",
+    )
+    apply.add_argument(
+        "--database-url",
+        default=os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test"),
+        help="a PostgreSQL server; the bench creates and drops a database of its own there",
+    )
+    apply.add_argument(
+        "--broker-url",
+        default=os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/0"),
+        help="the Redis broker used with postgresql",
+    )
+    apply.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for convergence")
+    apply.add_argument("--json", dest="json_path", help="also write the JSON result here")
+    apply.set_defaults(handler=run_apply_bench)
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def deployment_doc(index: int) -> str:
+    return yaml.safe_dump(
+        {
+            "apiVersion": "flotilla.dev/v1",
+            "kind": "Deployment",
+            "metadata": {"name": f"bench-{index:05d}", "labels": {"bench": "apply"}},
+            "spec": {
+                "model": {"source": "builtin:tiny-llama"},
+                "replicas": 1,
+                "resources": {"gpusPerReplica": 1, "gpuTypes": ["H100"]},
+            },
+        }
+    )
+
+
+class Heartbeats(threading.Thread):
+    """Keeps the simulated nodes alive while the bench runs, as their agents would."""
+
+    def __init__(self, client: Client, names: list[str], every: float = 5.0):
+        super().__init__(daemon=True)
+        self.client, self.names, self.every = client, names, every
+        self.stop = threading.Event()
+        self.errors = 0
+
+    def run(self) -> None:
+        while not self.stop.wait(self.every):
+            for name in self.names:
+                try:
+                    self.client.request("POST", "/api/v1/agent/heartbeat", json={"name": name})
+                except ClientError:
+                    self.errors += 1
+
+
+def register_fleet(client: Client, nodes: int, gpus: int) -> list[str]:
+    names = []
+    for i in range(nodes):
+        name = f"sim-{i:04d}"
+        devices = [
+            {"index": g, "type": "H100", "memoryMiB": GPU_MEMORY_MIB, "simulated": True} for g in range(gpus)
+        ]
+        client.request("POST", "/api/v1/agent/register", json={"name": name, "devices": devices})
+        names.append(name)
+    return names
+
+
+def watch_scheduled(client: Client, since: str, want: int, deadline: float, seen: dict[str, float]) -> None:
+    while len(seen) < want and time.monotonic() < deadline:
+        try:
+            result = client.watch("deployments", since, timeout=5, labelSelector="bench=apply")
+        except ClientError:
+            time.sleep(0.5)
+            continue
+        now = time.monotonic()
+        since = result["resourceVersion"]
+        for event in result["events"]:
+            document = event["object"]
+            name = document["metadata"]["name"]
+            for condition in document.get("status", {}).get("conditions", []):
+                if condition["type"] == "Scheduled" and condition["status"] == "True":
+                    seen.setdefault(name, now)
+
+
+def bench_backend(label: str, env: dict[str, str], args: argparse.Namespace) -> dict[str, Any]:
+    nodes = args.nodes or -(-args.deployments // args.gpus_per_node)
+    with tempfile.TemporaryDirectory(prefix=f"flotilla-bench-{label}-") as home:
+        stack = Stack(home=Path(home), port=_free_port(), env={**env, "FLOTILLA_LOAD_ENTRYPOINTS": "false"})
+        print(f"[{label}] starting web server, worker and beat ...", file=sys.stderr)
+        stack.start()
+        try:
+            token = stack.bootstrap_token()
+            admin = Client(stack.url, token, timeout=60)
+            names = register_fleet(admin, nodes, args.gpus_per_node)
+            beats = Heartbeats(Client(stack.url, token), names)
+            beats.start()
+            since = admin.list("deployments")["metadata"]["resourceVersion"]
+            seen: dict[str, float] = {}
+            sent: dict[str, float] = {}
+            errors = 0
+            watcher = threading.Thread(
+                target=watch_scheduled,
+                args=(
+                    Client(stack.url, token),
+                    since,
+                    args.deployments,
+                    time.monotonic() + args.timeout,
+                    seen,
+                ),
+                daemon=True,
+            )
+            watcher.start()
+            print(
+                f"[{label}] {nodes} nodes registered; applying {args.deployments} deployments ...",
+                file=sys.stderr,
+            )
+            clients = [Client(stack.url, token, timeout=60) for _ in range(args.clients)]
+
+            def apply_one(index: int) -> bool:
+                name = f"bench-{index:05d}"
+                sent[name] = time.monotonic()
+                try:
+                    clients[index % len(clients)].apply(deployment_doc(index))
+                    return True
+                except ClientError as exc:
+                    print(f"[{label}] apply {name} failed: {exc}", file=sys.stderr)
+                    return False
+
+            started = time.monotonic()
+            with ThreadPoolExecutor(args.clients) as pool:
+                results = list(pool.map(apply_one, range(args.deployments)))
+            applied_at = time.monotonic()
+            errors = results.count(False)
+            watcher.join(timeout=max(0.0, args.timeout - (applied_at - started)))
+            converged_at = max(seen.values()) if seen else float("nan")
+            beats.stop.set()
+            latencies = [(seen[name] - sent[name]) * 1000 for name in seen if name in sent]
+            return {
+                "backend": label,
+                "deployments": args.deployments,
+                "nodes": nodes,
+                "gpus": nodes * args.gpus_per_node,
+                "applyErrors": errors,
+                "heartbeatErrors": beats.errors,
+                "scheduled": len(seen),
+                "applySeconds": round(applied_at - started, 3),
+                "applyPerSecond": round(args.deployments / (applied_at - started), 2),
+                "scheduledPerSecond": round(len(seen) / (converged_at - started), 2) if seen else 0.0,
+                "latencyMs": {
+                    "p50": round(percentile(latencies, 50), 1),
+                    "p99": round(percentile(latencies, 99), 1),
+                    "max": round(max(latencies), 1) if latencies else None,
+                    "mean": round(statistics.fmean(latencies), 1) if latencies else None,
+                },
+            }
+        finally:
+            stack.stop()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_apply_bench(args: argparse.Namespace) -> int:
+    results = []
+    for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
+        if backend == "sqlite":
+            with backend_env(None, None) as env:
+                results.append(bench_backend("sqlite+filesystem", env, args))
+        elif backend == "postgresql":
+            with backend_env(args.database_url, args.broker_url, "flotilla_bench") as env:
+                results.append(bench_backend("postgresql+redis", env, args))
+        else:
+            print(f"error: unknown backend {backend!r}; use sqlite or postgresql", file=sys.stderr)
+            return 2
+    rows = [
+        [
+            r["backend"],
+            str(r["deployments"]),
+            f"{r['scheduled']}",
+            f"{r['applyPerSecond']:.1f}",
+            f"{r['scheduledPerSecond']:.1f}",
+            f"{r['latencyMs']['p50']:.0f}",
+            f"{r['latencyMs']['p99']:.0f}",
+            str(r["applyErrors"]),
+        ]
+        for r in results
+    ]
+    headers = ["BACKEND", "DEPLOYMENTS", "SCHEDULED", "APPLY/S", "SCHEDULED/S", "P50 MS", "P99 MS", "ERRORS"]
+    print(table(rows, headers))
+    summary: dict[str, Any] = {"bench": "apply", "results": results}
+    if len(results) == 2 and results[0]["applyPerSecond"]:
+        a, b = results
+        summary["ratios"] = {
+            f"applyPerSecond {b['backend']}/{a['backend']}": round(
+                b["applyPerSecond"] / a["applyPerSecond"], 3
+            ),
+            f"latencyP50 {b['backend']}/{a['backend']}": round(
+                b["latencyMs"]["p50"] / a["latencyMs"]["p50"], 3
+            )
+            if a["latencyMs"]["p50"]
+            else None,
+        }
+    text = json.dumps(summary, indent=2)
+    print(text)
+    if args.json_path:
+        Path(args.json_path).write_text(text + "\n")
+    incomplete = any(r["scheduled"] < r["deployments"] or r["applyErrors"] for r in results)
+    return 1 if incomplete else 0

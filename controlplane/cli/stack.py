@@ -12,10 +12,15 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlparse, urlunparse
 
 import httpx
+from psycopg import sql
 
 PYTHON = sys.executable
 
@@ -192,3 +197,34 @@ class Stack:
             except ProcessLookupError:
                 pass
         self.processes.clear()
+
+
+@contextmanager
+def backend_env(
+    database_url: str | None, broker_url: str | None, label: str = "flotilla"
+) -> Iterator[dict[str, str]]:
+    """Environment for a stack on the given back ends.
+
+    A PostgreSQL URL gets a fresh database of its own (dropped afterwards), and a
+    Redis broker a queue of its own, so runs never see each other's data. No URLs
+    means the embedded defaults (SQLite + the filesystem broker) in the stack's home.
+    """
+    env: dict[str, str] = {"DATABASE_URL": "", "CELERY_BROKER_URL": ""}
+    suffix = uuid.uuid4().hex[:10]
+    if broker_url:
+        env["CELERY_BROKER_URL"] = broker_url
+        env["FLOTILLA_CELERY_QUEUE"] = f"{label}-{suffix}"
+    if not (database_url or "").startswith("postgres"):
+        yield env
+        return
+    import psycopg
+
+    name = f"{label}_{suffix}"
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    env["DATABASE_URL"] = urlunparse(urlparse(database_url)._replace(path=f"/{name}"))
+    try:
+        yield env
+    finally:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
