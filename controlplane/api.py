@@ -16,18 +16,19 @@ from django.conf import settings
 from django.db import transaction
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
+from pydantic import TypeAdapter, ValidationError
 
 from controlplane import apply as applier
 from controlplane import auth, events, openapi, store, watch, yamldocs
 from controlplane.controllers import nodes
 from controlplane.errors import ApiError, Conflict, Invalid, NotFound, TooLarge
 from controlplane.models import ApiToken, AuditEntry, Event, Resource
-from controlplane.specs import BY_PLURAL, KINDS, KindInfo, name_problem
+from controlplane.specs import BY_PLURAL, KINDS, MAX_DEVICES, Device, KindInfo, Metadata, name_problem
 from controlplane.timeutil import rfc3339
 from plugins import manager
 
 log = logging.getLogger(__name__)
-READ_METHODS = {"GET", "HEAD"}
+_DEVICE_LIST = TypeAdapter(list[Device])
 
 
 def endpoint(methods: dict[str, str]) -> Callable:
@@ -318,6 +319,35 @@ def token_view(request: HttpRequest, prefix: str) -> dict[str, Any]:
 # --- agent protocol ----------------------------------------------------------------
 
 
+def _problems(exc: ValidationError, prefix: str) -> list[dict[str, Any]]:
+    return [
+        {
+            "field": ".".join([prefix, *(str(p) for p in err["loc"])]),
+            "message": err["msg"].removeprefix("Value error, "),
+            "fix": f"correct {prefix}",
+        }
+        for err in exc.errors()
+    ]
+
+
+def _devices(value: Any) -> list[dict[str, Any]]:
+    if not isinstance(value, list) or len(value) > MAX_DEVICES:
+        raise Invalid(
+            f"devices must be a list of at most {MAX_DEVICES} devices",
+            [{"field": "devices", "fix": "send the node's devices as a list"}],
+        )
+    try:
+        devices = _DEVICE_LIST.validate_python(value)
+    except ValidationError as exc:
+        raise Invalid("a device is malformed", _problems(exc, "devices")) from None
+    indices = [d.index for d in devices]
+    if len(set(indices)) != len(indices):
+        raise Invalid(
+            "device indices repeat", [{"field": "devices", "fix": "give each device its own index"}]
+        )
+    return [d.model_dump(mode="json") for d in devices]
+
+
 def _node_name(body: dict[str, Any]) -> str:
     name = body.get("name")
     if problem := name_problem(name):
@@ -331,16 +361,17 @@ def register_view(request: HttpRequest) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise Invalid("send a JSON object")
     name = _node_name(body)
-    devices = body.get("devices") or []
-    if not isinstance(devices, list) or len(devices) > 256:
-        raise Invalid(
-            "devices must be a list of at most 256 devices",
-            [{"field": "devices", "fix": "send the node's devices"}],
-        )
+    devices = _devices(body.get("devices") or [])
     cluster = body.get("cluster") or None
     if cluster is not None and (problem := name_problem(cluster)):
         raise Invalid(f"cluster {problem}", [{"field": "cluster", "fix": "use a Cluster's name"}])
-    labels = applier.Metadata.model_validate({"name": name, "labels": body.get("labels") or {}}).labels
+    try:
+        labels = Metadata.model_validate({"name": name, "labels": body.get("labels") or {}}).labels
+    except ValidationError as exc:
+        problems = _problems(exc, "labels")
+        for problem_ in problems:
+            problem_["field"] = problem_["field"].replace("labels.labels", "labels")
+        raise Invalid("labels are malformed", problems) from None
     node = nodes.register(name, cluster=cluster, labels=labels, devices=devices, info=body.get("info") or {})
     return {
         "node": store.to_document(node),
@@ -357,7 +388,8 @@ def heartbeat_view(request: HttpRequest) -> dict[str, Any]:
     principal = request.principal
     if principal.role == "agent" and principal.node_name and principal.node_name != name:
         auth.require(auth.Principal(principal.name, "viewer"), "admin")
-    node = nodes.heartbeat(name, body.get("devices"))
+    devices = _devices(body["devices"]) if body.get("devices") is not None else None
+    node = nodes.heartbeat(name, devices)
     return {"resourceVersion": str(node.resource_version), "at": time.time()}
 
 

@@ -95,15 +95,16 @@ def validate_document(index: int, document: Any) -> tuple[Parsed | None, list[di
     if not isinstance(document, dict):
         return None, problem("", "a document must be a mapping", "start with 'apiVersion: ...'")
     problems: list[dict[str, Any]] = []
-    for key in sorted(set(document) - TOP_LEVEL):
+    for key in sorted(set(document) - TOP_LEVEL, key=str):
         problems += problem(
-            key, f"unknown field {key!r}", "remove it; known: " + ", ".join(sorted(TOP_LEVEL))
+            str(key), f"unknown field {key!r}", "remove it; known: " + ", ".join(sorted(TOP_LEVEL))
         )
     if document.get("apiVersion") != API_VERSION:
         problems += problem(
             "apiVersion", f"is {document.get('apiVersion')!r}", f"set apiVersion: {API_VERSION}"
         )
-    info = KINDS.get(document.get("kind"))  # type: ignore[arg-type]
+    kind = document.get("kind")
+    info = KINDS.get(kind) if isinstance(kind, str) else None
     if info is None:
         problems += problem(
             "kind", f"unknown kind {document.get('kind')!r}", "use one of: " + ", ".join(KINDS)

@@ -13,6 +13,22 @@ def devices_of(status: dict[str, Any]) -> list[dict[str, Any]]:
     return [d for d in status.get("devices", []) if isinstance(d, dict)]
 
 
+def _gpu(device: dict[str, Any], node: str, taken: dict[tuple[str, int], str]) -> Gpu | None:
+    """A Gpu from a reported device; one that does not parse is left out, not fatal,
+    so a bad status written by hand cannot stop scheduling for the whole fleet."""
+    try:
+        index = int(device["index"])
+        return Gpu(
+            index=index,
+            type=str(device.get("type", "unknown")),
+            memory_mib=int(device.get("memoryMiB", 0)),
+            healthy=bool(device.get("healthy", True)),
+            allocated_to=taken.get((node, index)),
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def allocations() -> dict[tuple[str, int], str]:
     """(node, gpu index) -> "Kind/name" of the owner of the Workload bound there."""
     taken: dict[tuple[str, int], str] = {}
@@ -30,16 +46,7 @@ def snapshot(cluster: str | None = None) -> FleetView:
     if cluster:
         queryset = queryset.filter(cluster=cluster)
     for node in queryset:
-        gpus = [
-            Gpu(
-                index=int(device.get("index", i)),
-                type=str(device.get("type", "unknown")),
-                memory_mib=int(device.get("memoryMiB", 0)),
-                healthy=bool(device.get("healthy", True)),
-                allocated_to=taken.get((node.name, int(device.get("index", i)))),
-            )
-            for i, device in enumerate(devices_of(node.status))
-        ]
+        gpus = [gpu for gpu in (_gpu(d, node.name, taken) for d in devices_of(node.status)) if gpu]
         nodes.append(
             NodeView(
                 name=node.name,

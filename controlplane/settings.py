@@ -173,12 +173,13 @@ _broker_dir = FLOTILLA_HOME / "broker"
 CELERY_BROKER_URL = envstr("CELERY_BROKER_URL") or "filesystem://"
 CELERY_TASK_DEFAULT_QUEUE = envstr("FLOTILLA_CELERY_QUEUE") or "flotilla"
 if CELERY_BROKER_URL.startswith("filesystem://"):
-    for sub in ("queue", "processed"):
+    for sub in ("queue", "processed", "control"):
         (_broker_dir / sub).mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_broker_dir / "queue"),
         "data_folder_out": str(_broker_dir / "queue"),
         "processed_folder": str(_broker_dir / "processed"),
+        "control_folder": str(_broker_dir / "control"),
         "store_processed": False,
         "polling_interval": 0.1,
     }

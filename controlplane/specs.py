@@ -201,6 +201,21 @@ class WorkloadSpec(Spec):
     config: dict[str, Any] = Field(default_factory=dict)
 
 
+class Device(BaseModel):
+    """A device an agent reports. Agents may add fields (name, uuid, power limits);
+    the ones schedulers rely on are checked so one bad report cannot break placement."""
+
+    model_config = ConfigDict(extra="allow")
+
+    index: int = Field(ge=0, le=1023)
+    type: GpuType
+    memoryMiB: int = Field(default=0, ge=0)
+    healthy: bool = True
+
+
+MAX_DEVICES = 256
+
+
 class Metadata(Spec):
     """The part of metadata an operator writes; the server owns the rest."""
 

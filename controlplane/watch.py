@@ -49,7 +49,9 @@ def changes_after(
 def wait(
     kind: str, since: int, timeout: int, selector: dict[str, str], node_name: str | None
 ) -> dict[str, Any]:
-    if since and since < pruned_below():
+    # Changes with ids below pruned_below() are gone; a watcher at pruned_below() - 1
+    # has seen everything up to there and loses nothing.
+    if since and since < pruned_below() - 1:
         raise Gone(
             f"resourceVersion {since} is older than the watch history kept",
             [

@@ -30,13 +30,26 @@ class NoAliasLoader(yaml.SafeLoader):
 
 
 def _depth(value: Any, level: int = 0) -> int:
+    """Nesting depth; also refuses NUL characters, which PostgreSQL's JSON cannot store
+    (so both back ends answer the same 422 instead of one of them a 500)."""
     if level > MAX_DEPTH:
         return level
     if isinstance(value, dict):
+        for key in value:
+            _no_nul(key)
         return max((_depth(v, level + 1) for v in value.values()), default=level)
     if isinstance(value, list):
         return max((_depth(v, level + 1) for v in value), default=level)
+    _no_nul(value)
     return level
+
+
+def _no_nul(value: Any) -> None:
+    if isinstance(value, str) and "\x00" in value:
+        raise Invalid(
+            "a string contains a NUL character (U+0000)",
+            [{"field": "", "fix": "remove the NUL character; it cannot be stored"}],
+        )
 
 
 def parse(body: bytes, max_bytes: int, max_documents: int) -> list[Any]:
@@ -84,7 +97,14 @@ def parse(body: bytes, max_bytes: int, max_documents: int) -> list[Any]:
     if not documents:
         raise Invalid("no documents in the body", [{"field": "", "fix": "send at least one resource"}])
     for index, document in enumerate(documents):
-        if _depth(document) > MAX_DEPTH:
+        try:
+            depth = _depth(document)
+        except Invalid as exc:
+            exc.message = f"document {index}: {exc.message}"
+            for detail in exc.details:
+                detail["document"] = index
+            raise
+        if depth > MAX_DEPTH:
             raise Invalid(
                 f"document {index} is nested deeper than {MAX_DEPTH} levels",
                 [{"document": index, "field": "", "fix": "flatten the document"}],
