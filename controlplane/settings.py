@@ -134,17 +134,18 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = envstr("STATIC_ROOT") or str(FLOTILLA_HOME / "static")
 
-# Security: secure cookies and HSTS whenever we are not in DEBUG, so that
-# `manage.py check --deploy` is clean for production settings. Embedded mode on
-# plain http://127.0.0.1 turns SECURE_COOKIES off explicitly (flotilla up does).
+# Security: HTTPS redirect, secure cookies and HSTS whenever we are not in DEBUG,
+# so `manage.py check --deploy` is clean for production settings. Embedded mode
+# serves plain http://127.0.0.1, so `flotilla up` turns these off explicitly.
 SECURE_COOKIES = envbool("SECURE_COOKIES", not DEBUG)
 SESSION_COOKIE_SECURE = SECURE_COOKIES
 CSRF_COOKIE_SECURE = SECURE_COOKIES
-SECURE_SSL_REDIRECT = envbool("SECURE_SSL_REDIRECT", False)
+SECURE_SSL_REDIRECT = envbool("SECURE_SSL_REDIRECT", not DEBUG)
+SECURE_REDIRECT_EXEMPT = [r"^healthz$"]  # probes speak plain HTTP inside the cluster
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_HSTS_SECONDS = envint("SECURE_HSTS_SECONDS", 0 if DEBUG else 31536000, minimum=0)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = envbool("SECURE_HSTS_INCLUDE_SUBDOMAINS", True)
-SECURE_HSTS_PRELOAD = envbool("SECURE_HSTS_PRELOAD", False)
+SECURE_HSTS_PRELOAD = envbool("SECURE_HSTS_PRELOAD", not DEBUG)
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
 SILENCED_SYSTEM_CHECKS = envlist("SILENCED_SYSTEM_CHECKS")

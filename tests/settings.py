@@ -16,6 +16,7 @@ from controlplane.settings import *  # noqa: E402,F403
 # real worker in other processes. So nothing here enqueues Celery tasks.
 FLOTILLA_DISPATCH_DISABLED = True
 SECURE_COOKIES = False
+SECURE_SSL_REDIRECT = False
 SESSION_COOKIE_SECURE = False
 CSRF_COOKIE_SECURE = False
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -48,6 +48,8 @@ class Stack:
                 "DJANGO_SETTINGS_MODULE": "controlplane.settings",
                 "SECURE_COOKIES": env.get("SECURE_COOKIES", "false"),
                 "SECURE_HSTS_SECONDS": env.get("SECURE_HSTS_SECONDS", "0"),
+                "SECURE_SSL_REDIRECT": env.get("SECURE_SSL_REDIRECT", "false"),
+                "SECURE_HSTS_PRELOAD": env.get("SECURE_HSTS_PRELOAD", "false"),
                 "PYTHONUNBUFFERED": "1",
             }
         )
