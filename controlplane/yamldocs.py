@@ -18,6 +18,10 @@ MAX_DEPTH = 32
 
 
 class NoAliasLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses aliases and stops composing past MAX_DEPTH levels."""
+
+    _nesting = 0
+
     def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(AliasEvent):
             event = self.peek_event()
@@ -26,7 +30,13 @@ class NoAliasLoader(yaml.SafeLoader):
                 f"YAML alias *{event.anchor} at line {mark.line + 1} is not allowed",
                 [{"field": "", "fix": "write the value out instead of using anchors and aliases"}],
             )
-        return super().compose_node(parent, index)
+        self._nesting += 1
+        try:
+            if self._nesting > MAX_DEPTH + 1:
+                raise _too_deep()
+            return super().compose_node(parent, index)
+        finally:
+            self._nesting -= 1
 
 
 def _depth(value: Any, level: int = 0) -> int:
@@ -52,43 +62,72 @@ def _no_nul(value: Any) -> None:
         )
 
 
+def _too_deep(index: int | None = None) -> Invalid:
+    where = f"document {index}" if index is not None else "the body"
+    detail: dict[str, Any] = {"field": "", "fix": "flatten the document"}
+    if index is not None:
+        detail["document"] = index
+    return Invalid(f"{where} is nested deeper than {MAX_DEPTH} levels", [detail])
+
+
+def _load_yaml(text: str, max_documents: int) -> list[Any]:
+    documents = []
+    try:
+        for document in yaml.load_all(text, Loader=NoAliasLoader):  # noqa: S506 - a SafeLoader
+            if document is not None:
+                documents.append(document)
+            if len(documents) > max_documents:
+                break
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise Invalid(f"body is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    return documents
+
+
+def _load(text: str, max_documents: int) -> list[Any]:
+    """JSON when it parses as JSON, else YAML (flow-style YAML also starts with '{')."""
+    if text.lstrip().startswith(("{", "[")):
+        try:
+            loaded = json.loads(text)
+        except json.JSONDecodeError as json_error:
+            try:
+                return _load_yaml(text, max_documents)
+            except Invalid:
+                raise Invalid(
+                    f"body is neither valid JSON ({json_error.msg} at line {json_error.lineno}) nor YAML"
+                ) from None
+        return loaded if isinstance(loaded, list) else [loaded]
+    return _load_yaml(text, max_documents)
+
+
+def _unwrap_lists(documents: list[Any]) -> list[Any]:
+    """Expand ``kind: List`` documents (what `get -o yaml` prints) into their items."""
+    expanded: list[Any] = []
+    for document in documents:
+        if isinstance(document, dict) and document.get("kind") == "List":
+            items = document.get("items") or []
+            expanded.extend(items if isinstance(items, list) else [items])
+        else:
+            expanded.append(document)
+    return expanded
+
+
 def parse(body: bytes, max_bytes: int, max_documents: int) -> list[Any]:
     if len(body) > max_bytes:
         raise TooLarge(
             f"body is {len(body)} bytes; the limit is {max_bytes}",
-            [
-                {
-                    "field": "",
-                    "fix": "split the apply into smaller batches or raise FLOTILLA_MAX_BODY_BYTES",
-                }
-            ],
+            [{"field": "", "fix": "split the apply into smaller batches or raise FLOTILLA_MAX_BODY_BYTES"}],
         )
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise Invalid("body is not UTF-8 text") from None
-    stripped = text.lstrip()
-    documents: list[Any]
-    if stripped.startswith(("{", "[")):
-        try:
-            loaded = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise Invalid(f"body is not valid JSON: {exc.msg} at line {exc.lineno}") from None
-        if isinstance(loaded, dict) and loaded.get("kind") == "List":
-            loaded = loaded.get("items", [])
-        documents = loaded if isinstance(loaded, list) else [loaded]
-    else:
-        documents = []
-        try:
-            for document in yaml.load_all(text, Loader=NoAliasLoader):  # noqa: S506 - safe loader
-                if document is not None:
-                    documents.append(document)
-                if len(documents) > max_documents:
-                    break
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            raise Invalid(f"body is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    try:
+        documents = _unwrap_lists(_load(text, max_documents))
+    except RecursionError:
+        # Nesting bombs: far under the size limit, deep enough to exhaust the parser's stack.
+        raise _too_deep() from None
     if len(documents) > max_documents:
         raise TooLarge(
             f"more than {max_documents} documents in one apply",
@@ -105,8 +144,5 @@ def parse(body: bytes, max_bytes: int, max_documents: int) -> list[Any]:
                 detail["document"] = index
             raise
         if depth > MAX_DEPTH:
-            raise Invalid(
-                f"document {index} is nested deeper than {MAX_DEPTH} levels",
-                [{"document": index, "field": "", "fix": "flatten the document"}],
-            )
+            raise _too_deep(index)
     return documents

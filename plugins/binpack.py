@@ -32,7 +32,9 @@ class BinpackParams(BaseModel):
 def gpu_matches(gpu: Gpu, request: PlacementRequest) -> bool:
     if request.gpu_types and gpu.type not in request.gpu_types:
         return False
-    if request.gpu_memory_gib and gpu.memory_mib < request.gpu_memory_gib * MIB_PER_GIB:
+    # Compared with the nominal size (rounded to whole GiB): an "80 GB" H100 reports
+    # 81559 MiB (79.6 GiB) usable and must still satisfy gpuMemoryGiB: 80.
+    if request.gpu_memory_gib and round(gpu.memory_mib / MIB_PER_GIB) < request.gpu_memory_gib:
         return False
     return True
 
@@ -64,11 +66,13 @@ def describe_free(fleet: FleetView, request: PlacementRequest) -> str:
 
 def unschedulable_reason(fleet: FleetView, request: PlacementRequest, placed: int) -> str:
     missing = request.replicas - placed
+    # No denominator: this pass's request is only what is missing, and the owner's
+    # controller states scheduled/desired itself, so the message is stable across passes.
     candidates = [n for n in fleet.nodes if not request.cluster or n.cluster == request.cluster]
     cordoned = [n.name for n in candidates if n.ready and not n.schedulable]
     not_ready = [n.name for n in candidates if not n.ready]
     message = (
-        f"{missing} of {request.replicas} replicas unplaced: needs {describe_need(request)}, "
+        f"{missing} {'replica' if missing == 1 else 'replicas'} unplaced: needs {describe_need(request)}, "
         f"free: {describe_free(fleet, request)}"
     )
     if not candidates:

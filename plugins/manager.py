@@ -15,7 +15,7 @@ from typing import Any
 import pluggy
 from pydantic import BaseModel, ValidationError
 
-from controlplane.envhelpers import envbool, envlist
+from controlplane.envhelpers import ConfigError, envbool, envlist
 from plugins import hookspecs
 from plugins.types import PLUGIN_KINDS, Plugin
 
@@ -47,7 +47,13 @@ def make_manager(modules: list[str] | None = None, entrypoints: bool | None = No
     manager = pluggy.PluginManager("flotilla")
     manager.add_hookspecs(hookspecs)
     for dotted in BUILTIN_MODULES + (modules if modules is not None else []):
-        manager.register(importlib.import_module(dotted), name=dotted)
+        try:
+            module = importlib.import_module(dotted)
+        except ImportError as exc:
+            raise ConfigError(
+                f"FLOTILLA_PLUGIN_MODULES names {dotted!r}, which cannot be imported: {exc}"
+            ) from None
+        manager.register(module, name=dotted)
     if entrypoints:
         manager.load_setuptools_entrypoints("flotilla")
     return manager
@@ -64,16 +70,30 @@ def get_manager() -> pluggy.PluginManager:
 
 
 def build_registry(manager: pluggy.PluginManager) -> dict[str, dict[str, Plugin]]:
+    """Collect implementations by kind and name.
+
+    Two modules registering the same kind and name is an error, not a silent
+    override: which one runs must never depend on load order.
+    """
     allowed = set(envlist("FLOTILLA_PLUGINS"))
     registry: dict[str, dict[str, Plugin]] = {kind: {} for kind in PLUGIN_KINDS}
+    source: dict[tuple[str, str], str] = {}
     for kind, hook_name in _HOOK_FOR_KIND.items():
-        for batch in getattr(manager.hook, hook_name)():
-            for impl in batch or []:
+        for hookimpl in getattr(manager.hook, hook_name).get_hookimpls():
+            for impl in hookimpl.function() or []:
                 if impl.kind != kind:
                     raise PluginError(f"plugin {impl.name!r} says kind {impl.kind!r} from {hook_name}")
                 if allowed and impl.name not in allowed:
                     continue
-                registry[kind].setdefault(impl.name, impl)
+                key = (kind, impl.name)
+                if key in source:
+                    raise PluginError(
+                        f"{kind} plugin {impl.name!r} is registered by both {source[key]} and "
+                        f"{hookimpl.plugin_name}",
+                        fix="uninstall one, or leave one out with FLOTILLA_PLUGINS",
+                    )
+                source[key] = hookimpl.plugin_name
+                registry[kind][impl.name] = impl
     return registry
 
 

@@ -162,7 +162,7 @@ def test_an_unschedulable_deployment_says_what_is_missing(viewer, operator):
     items = viewer.get("/deployments/chat-small/events").json()["items"]
     failed = [e for e in items if e["reason"] == "FailedScheduling"]
     assert failed and failed[0]["type"] == "Warning"
-    assert "2 of 2 replicas unplaced" in failed[0]["message"]
+    assert "0/2 scheduled; 2 replicas unplaced" in failed[0]["message"]
 
 
 def test_recent_events_are_listed_across_objects(viewer, operator, add_node):

@@ -112,6 +112,8 @@ def _converge(owner: Resource) -> None:
     if missing > 0:
         unschedulable = _place(owner, spec, view, workloads, missing, status)
 
+    if unschedulable:
+        unschedulable = f"{len(workloads)}/{desired} scheduled; {unschedulable}"
     _set_conditions(owner, status, workloads, desired, unschedulable)
     status["observedGeneration"] = owner.generation
     status["replicas"] = {
