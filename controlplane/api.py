@@ -21,9 +21,9 @@ from pydantic import TypeAdapter, ValidationError
 from controlplane import apply as applier
 from controlplane import auth, events, openapi, store, watch, yamldocs
 from controlplane.controllers import nodes
-from controlplane.errors import ApiError, Conflict, Invalid, NotFound, TooLarge
+from controlplane.errors import ApiError, Conflict, Forbidden, Invalid, NotFound, TooLarge
 from controlplane.models import ApiToken, AuditEntry, Event, Resource
-from controlplane.specs import BY_PLURAL, KINDS, MAX_DEVICES, Device, KindInfo, Metadata, name_problem
+from controlplane.specs import BY_PLURAL, MAX_DEVICES, Device, KindInfo, Metadata, kind_for, name_problem
 from controlplane.timeutil import rfc3339
 from plugins import manager
 
@@ -231,7 +231,10 @@ def status_view(request: HttpRequest, plural: str, name: str) -> dict[str, Any]:
                 info.kind == "Workload" and resource.node_name == principal.node_name and principal.node_name
             )
             if not own:
-                auth.require(auth.Principal(principal.name, "viewer"), "admin")
+                raise Forbidden(
+                    f"agent token {principal.name!r} may write only its own node and its workloads",
+                    [{"field": "Authorization", "fix": "use that node's own token, or an admin token"}],
+                )
         store.update_status(resource, body["status"])
         return store.to_document(resource)
 
@@ -249,7 +252,7 @@ def events_view(request: HttpRequest) -> dict[str, Any]:
     limit = int_param(request, "limit", 100, 1, 1000)
     rows = Event.objects.order_by("-last_seen")
     if kind := request.GET.get("kind"):
-        info = KINDS.get(kind) or kind_info(kind.lower())
+        info = kind_for(kind) or kind_info(kind)
         rows = rows.filter(kind=info.kind)
     if name := request.GET.get("name"):
         rows = rows.filter(name=name)
@@ -387,7 +390,10 @@ def heartbeat_view(request: HttpRequest) -> dict[str, Any]:
     name = _node_name(body)
     principal = request.principal
     if principal.role == "agent" and principal.node_name and principal.node_name != name:
-        auth.require(auth.Principal(principal.name, "viewer"), "admin")
+        raise Forbidden(
+            f"agent token {principal.name!r} belongs to node {principal.node_name}, not {name}",
+            [{"field": "name", "fix": "heartbeat with the node's own token"}],
+        )
     devices = _devices(body["devices"]) if body.get("devices") is not None else None
     node = nodes.heartbeat(name, devices)
     return {"resourceVersion": str(node.resource_version), "at": time.time()}

@@ -61,6 +61,12 @@ def wait(
                 }
             ],
         )
+    current = current_version()
+    if since > current:
+        raise Gone(
+            f"resourceVersion {since} is ahead of the server's {current} (was the database replaced?)",
+            [{"field": "resourceVersion", "fix": "list again and watch from the list's resourceVersion"}],
+        )
     deadline = time.monotonic() + timeout
     while True:
         rows, since = changes_after(kind, since, selector, node_name)

@@ -299,3 +299,40 @@ def test_it_serves_an_openapi_document_without_a_token(anonymous):
         assert schemas[f"{kind}Spec"]["type"] == "object"
     assert len(KINDS) == 6
     assert "replicas" in schemas["DeploymentSpec"]["properties"]
+
+
+def test_a_watch_ahead_of_the_server_is_gone(viewer):
+    ahead = watch.current_version() + 1000
+    error = error_of(
+        viewer.get("/deployments", watch="true", resourceVersion=str(ahead), timeoutSeconds="1"), 410
+    )
+    assert error["code"] == "Gone"
+    assert "ahead" in error["message"]
+
+
+def test_events_can_be_filtered_by_a_singular_lower_case_kind(operator, add_node):
+    add_node("gpu-a", gpus=1)
+    operator.apply(deployment("chat-small", replicas=1))
+    owners.reconcile("Deployment", "chat-small")
+    response = operator.get("/events", kind="deployment")
+    assert response.status_code == 200
+    items = response.json()["items"]
+    assert items and {e["involvedObject"]["kind"] for e in items} == {"Deployment"}
+
+
+def test_bootstrap_force_issues_a_new_admin_token_when_one_exists(db):
+    import json
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    first = StringIO()
+    call_command("flotilla_bootstrap", stdout=first)
+    assert json.loads(first.getvalue())["token"].startswith("flt_")
+    again = StringIO()
+    call_command("flotilla_bootstrap", stdout=again)
+    assert json.loads(again.getvalue())["token"] is None
+    forced = StringIO()
+    call_command("flotilla_bootstrap", "--force", stdout=forced)
+    token = json.loads(forced.getvalue())["token"]
+    assert Api(token).get("/tokens").status_code == 200

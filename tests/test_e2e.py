@@ -180,6 +180,11 @@ def test_the_cli_applies_gets_describes_and_deletes(live, tmp_path):
     assert "Conditions:" in described.stdout and "Scheduled" in described.stdout
     as_yaml = yaml.safe_load(live.cli("get", "deployment", "e2e-cli", "-o", "yaml").stdout)
     assert as_yaml["metadata"]["name"] == "e2e-cli"
+    listed = tmp_path / "listed.yaml"
+    listed.write_text(live.cli("get", "deployments", "-l", "team=search", "-o", "yaml").stdout)
+    again = live.cli("apply", "-f", str(listed))
+    assert again.returncode == 0, again.stderr
+    assert "deployment/e2e-cli unchanged" in again.stdout
     bad = live.cli("get", "deployment", "no-such-thing")
     assert bad.returncode == 1 and "not found" in bad.stderr
     deleted = live.cli("delete", "deployment", "e2e-cli", "--wait")

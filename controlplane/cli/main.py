@@ -80,7 +80,8 @@ def cmd_get(args: argparse.Namespace, client: Client) -> int:
     listing = client.list(info.plural, labelSelector=args.selector)
     items = listing["items"]
     if args.output in ("yaml", "json"):
-        print(output.dump({"kind": f"{info.kind}List", "items": items}, args.output))
+        # kind: List, as kubectl prints it, so the output can be applied again.
+        print(output.dump({"apiVersion": "flotilla.dev/v1", "kind": "List", "items": items}, args.output))
     elif items:
         print(output.resource_table(info.kind, items, wide=args.output == "wide"))
     elif not args.watch:

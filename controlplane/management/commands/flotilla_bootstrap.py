@@ -13,9 +13,15 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--name", default="admin")
+        parser.add_argument(
+            "--force",
+            action="store_true",
+            help="create a new admin token even if one exists (after SECRET_KEY was rotated, "
+            "every stored token stops matching)",
+        )
 
     def handle(self, *args, **options):
-        if ApiToken.objects.filter(role="admin", revoked=False).exists():
+        if not options["force"] and ApiToken.objects.filter(role="admin", revoked=False).exists():
             self.stdout.write(json.dumps({"token": None}))
             return
         token, _ = create_token(options["name"], "admin")
