@@ -351,19 +351,20 @@ def _devices(value: Any) -> list[dict[str, Any]]:
     return [d.model_dump(mode="json") for d in devices]
 
 
-def _node_name(body: dict[str, Any]) -> str:
+def _agent_body(request: HttpRequest) -> tuple[dict[str, Any], str]:
+    """The JSON object an agent sent, and the node name it names."""
+    body = json_body(request)
+    if not isinstance(body, dict):
+        raise Invalid("send a JSON object", [{"field": "", "fix": 'send {"name": NODE, ...}'}])
     name = body.get("name")
     if problem := name_problem(name):
         raise Invalid(f"node name {problem}", [{"field": "name", "fix": "use the host name, lower-cased"}])
-    return name
+    return body, name
 
 
 @endpoint({"POST": "agent"})
 def register_view(request: HttpRequest) -> dict[str, Any]:
-    body = json_body(request)
-    if not isinstance(body, dict):
-        raise Invalid("send a JSON object")
-    name = _node_name(body)
+    body, name = _agent_body(request)
     devices = _devices(body.get("devices") or [])
     cluster = body.get("cluster") or None
     if cluster is not None and (problem := name_problem(cluster)):
@@ -384,10 +385,7 @@ def register_view(request: HttpRequest) -> dict[str, Any]:
 
 @endpoint({"POST": "agent"})
 def heartbeat_view(request: HttpRequest) -> dict[str, Any]:
-    body = json_body(request)
-    if not isinstance(body, dict):
-        raise Invalid("send a JSON object")
-    name = _node_name(body)
+    body, name = _agent_body(request)
     principal = request.principal
     if principal.role == "agent" and principal.node_name and principal.node_name != name:
         raise Forbidden(

@@ -38,30 +38,25 @@ def envbool(name: str, default: bool = False) -> bool:
     raise ConfigError(f"{name}={value!r} is not a boolean; use true or false")
 
 
-def envint(name: str, default: int, minimum: int | None = None) -> int:
+def _envnumber(name: str, default, minimum, cast: type, what: str):
     value = envstr(name)
     if value is None:
         return default
     try:
-        number = int(value)
+        number = cast(value)
     except ValueError:
-        raise ConfigError(f"{name}={value!r} is not an integer") from None
+        raise ConfigError(f"{name}={value!r} is not {what}") from None
     if minimum is not None and number < minimum:
         raise ConfigError(f"{name}={number} is below the minimum of {minimum}")
     return number
+
+
+def envint(name: str, default: int, minimum: int | None = None) -> int:
+    return _envnumber(name, default, minimum, int, "an integer")
 
 
 def envfloat(name: str, default: float, minimum: float | None = None) -> float:
-    value = envstr(name)
-    if value is None:
-        return default
-    try:
-        number = float(value)
-    except ValueError:
-        raise ConfigError(f"{name}={value!r} is not a number") from None
-    if minimum is not None and number < minimum:
-        raise ConfigError(f"{name}={number} is below the minimum of {minimum}")
-    return number
+    return _envnumber(name, default, minimum, float, "a number")
 
 
 def envlist(name: str, default: list[str] | None = None) -> list[str]:

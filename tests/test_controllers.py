@@ -685,34 +685,19 @@ def test_set_condition_keeps_the_transition_time_when_the_status_stays():
     assert status["conditions"][0]["lastTransitionTime"] == LONG_AGO
 
 
+def ready_since_long_ago() -> dict:
+    condition = {"type": "Ready", "status": "True", "reason": "Ok", "message": "fine"}
+    return {"conditions": [{**condition, "lastTransitionTime": LONG_AGO}]}
+
+
 def test_set_condition_reports_no_change_when_nothing_changed():
-    status = {
-        "conditions": [
-            {
-                "type": "Ready",
-                "status": "True",
-                "reason": "Ok",
-                "message": "fine",
-                "lastTransitionTime": LONG_AGO,
-            }
-        ]
-    }
+    status = ready_since_long_ago()
     assert set_condition(status, "Ready", True, "Ok", "fine") is False
     assert status["conditions"][0]["lastTransitionTime"] == LONG_AGO
 
 
 def test_set_condition_moves_the_transition_time_when_the_status_flips():
-    status = {
-        "conditions": [
-            {
-                "type": "Ready",
-                "status": "True",
-                "reason": "Ok",
-                "message": "fine",
-                "lastTransitionTime": LONG_AGO,
-            }
-        ]
-    }
+    status = ready_since_long_ago()
     before = now().replace(microsecond=0)
     assert set_condition(status, "Ready", False, "NodeStatusUnknown", "silent") is True
     (ready,) = status["conditions"]
