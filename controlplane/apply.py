@@ -145,6 +145,18 @@ def validate_document(index: int, document: Any) -> tuple[Parsed | None, list[di
 def check_references(parsed: list[Parsed]) -> list[dict[str, Any]]:
     """Plugins and policy names that must resolve, counting Policies in this batch."""
     problems: list[dict[str, Any]] = []
+    for item in parsed:
+        if item.info.kind == "Workload":
+            # A hand-made Workload could claim GPUs another replica holds; only the
+            # controllers, which read free capacity under the write lock, create them.
+            problems.append(
+                {
+                    "document": item.index,
+                    "field": "kind",
+                    "message": "Workloads are created by controllers, not applied",
+                    "fix": "apply a Deployment or TrainingJob; its controller creates the Workloads",
+                }
+            )
     pending = {p.name: p.spec for p in parsed if p.info.kind == "Policy"}
     seen: dict[tuple[str, str], int] = {}
     for item in parsed:

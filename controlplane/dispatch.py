@@ -73,6 +73,10 @@ def changed(kind: str, name: str, old: dict | None, new: dict | None) -> None:
         enqueue_clusters(name)
         if new is not None and (old is None or old["spec"] != new["spec"] or _ready(new)):
             enqueue_pending()
+    elif kind == "Policy":
+        # New parameters may let an unschedulable owner fit now.
+        if new is not None and _meta(old, "generation") != _meta(new, "generation"):
+            enqueue_pending()
     elif kind == "Cluster":
         if new is not None and _meta(old, "generation") != _meta(new, "generation"):
             enqueue("Cluster", name)

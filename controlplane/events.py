@@ -32,6 +32,7 @@ def record(
         Event.objects.filter(
             kind=kind,
             name=name,
+            uid=uid,  # a re-created object with the same name starts its own counts
             reason=reason,
             message=message,
             last_seen__gte=now() - DEDUP_WINDOW,

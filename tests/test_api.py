@@ -654,3 +654,16 @@ def test_it_answers_405_for_a_method_it_does_not_serve(operator):
     response = operator.client.patch(f"{API}/deployments/chat-small", "{}", **operator.headers)
     assert error_of(response, 405)["code"] == "MethodNotAllowed"
     assert "POST" in error_of(operator.client.get(f"{API}/apply", **operator.headers), 405)["message"]
+
+
+def test_it_refuses_a_hand_applied_workload(operator):
+    workload = {
+        "apiVersion": "flotilla.dev/v1",
+        "kind": "Workload",
+        "metadata": {"name": "sneaky"},
+        "spec": {"owner": {"kind": "Deployment", "name": "chat-small"}, "role": "serve", "nodeName": "gpu-a"},
+    }
+    with nothing_written():
+        error = error_of(operator.apply(workload), 422)
+    assert error["details"][0]["field"] == "kind"
+    assert "Deployment or TrainingJob" in error["details"][0]["fix"]

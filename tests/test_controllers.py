@@ -758,3 +758,19 @@ def test_held_yields_whether_the_lease_was_taken_and_releases_it():
             assert theirs is False
         assert Lease.objects.filter(key="lock:Deployment/chat").exists()
     assert not Lease.objects.filter(key="lock:Deployment/chat").exists()
+
+
+def test_a_recreated_object_starts_its_own_event_counts(add_node):
+    from controlplane import events
+
+    add_node("gpu-a", gpus=1)
+    apply([deployment("again", replicas=1)], actor="test")
+    first = store.get("Deployment", "again")
+    events.record(first, "Custom", "same message")
+    events.record(first, "Custom", "same message")
+    store.set_finalizers(first, [])
+    store.request_delete(store.get("Deployment", "again"))
+    apply([deployment("again", replicas=1)], actor="test")
+    events.record(store.get("Deployment", "again"), "Custom", "same message")
+    counts = sorted(Event.objects.filter(name="again", reason="Custom").values_list("count", flat=True))
+    assert counts == [1, 2]
