@@ -39,6 +39,10 @@ class Resource(models.Model):
     node_name = models.CharField(max_length=63, blank=True, default="", db_index=True)
     owner_uid = models.CharField(max_length=36, blank=True, default="", db_index=True)
     cluster = models.CharField(max_length=63, blank=True, default="", db_index=True)
+    # A Workload's GPU indices ("0,1") and owner ("Deployment/chat-small"), so the
+    # scheduler's view of what is taken needs no JSON decoding.
+    gpu_indices = models.CharField(max_length=400, blank=True, default="")
+    owner_ref = models.CharField(max_length=100, blank=True, default="")
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["kind", "name"], name="unique_kind_name")]

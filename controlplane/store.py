@@ -92,6 +92,9 @@ def _denormalise(resource: Resource) -> None:
     resource.node_name = spec.get("nodeName") or "" if resource.kind == "Workload" else ""
     owner = spec.get("owner") if resource.kind == "Workload" else None
     resource.owner_uid = (owner or {}).get("uid") or ""
+    resource.owner_ref = f"{owner.get('kind')}/{owner.get('name')}" if owner else ""
+    gpus = spec.get("gpus", []) if resource.kind == "Workload" else []
+    resource.gpu_indices = ",".join(str(index) for index in gpus)
     resource.cluster = spec.get("cluster") or ""
 
 

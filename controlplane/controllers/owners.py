@@ -82,8 +82,7 @@ def _converge(owner: Resource) -> None:
     if WORKLOAD_FINALIZER not in owner.finalizers:
         store.set_finalizers(owner, [*owner.finalizers, WORKLOAD_FINALIZER])
 
-    view = fleet.snapshot()
-    usable = {node.name for node in view.nodes if node.ready}
+    usable = fleet.ready_node_names()
     workloads = owned_workloads(owner)
 
     # Replicas on nodes that are gone or not ready are replaced elsewhere.
@@ -97,12 +96,10 @@ def _converge(owner: Resource) -> None:
         )
         store.request_delete(workload)
         workloads.remove(workload)
-        _free(view, workload)
 
     desired = desired_replicas(owner.kind, spec)
     for workload in workloads[desired:]:
         store.request_delete(workload)
-        _free(view, workload)
     if len(workloads) > desired:
         events.record(owner, "ScaledDown", f"removed {len(workloads) - desired} replicas", source=SOURCE)
     workloads = workloads[:desired]
@@ -110,7 +107,8 @@ def _converge(owner: Resource) -> None:
     missing = desired - len(workloads)
     unschedulable: str | None = None
     if missing > 0:
-        unschedulable = _place(owner, spec, view, workloads, missing, status)
+        # Read after the deletes above, in the same transaction: what they freed is free.
+        unschedulable = _place(owner, spec, fleet.snapshot(), workloads, missing)
 
     if unschedulable:
         unschedulable = f"{len(workloads)}/{desired} scheduled; {unschedulable}"
@@ -133,22 +131,12 @@ def _converge(owner: Resource) -> None:
     store.update_status(owner, status)
 
 
-def _free(view: Any, workload: Resource) -> None:
-    node = view.node(workload.node_name)
-    if node is None:
-        return
-    for gpu in node.gpus:
-        if gpu.index in workload.spec.get("gpus", []):
-            gpu.allocated_to = None
-
-
 def _place(
     owner: Resource,
     spec: DeploymentSpec | TrainingJobSpec,
     view: Any,
     workloads: list[Resource],
     missing: int,
-    status: dict[str, Any],
 ) -> str | None:
     """Place ``missing`` replicas; append the new Workloads; return why some could not be."""
     cluster_spec = {}
