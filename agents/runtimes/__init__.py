@@ -1,0 +1,1 @@
+"""Torch runtimes the agent starts as Workload subprocesses (serve, train)."""
