@@ -1,8 +1,13 @@
-"""The agent loop: register the node, then heartbeat with jittered retries.
+"""The node agent: register, heartbeat, watch this node's Workloads, supervise them.
 
-Robust to the control plane going away: it keeps trying with backoff and
-re-registers when it comes back. Workload supervision lands with the torch
-runtimes (issue 3).
+Three loops share one stop event: heartbeats (with telemetry), the watch of
+the Workloads bound to this node, and the supervisor pass that starts, checks
+and reports processes. The agent is robust to the control plane going away:
+running Workloads keep running, calls retry with jittered backoff, and the
+watch resumes from its last resourceVersion (re-listing on 410 Gone).
+
+Identity: the node token from registration is kept in the state directory, so
+a restarted agent re-registers as the same node with its own credential.
 """
 
 from __future__ import annotations
@@ -12,13 +17,19 @@ import random
 import signal
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from agents import devices as device_discovery
+from agents.supervisor import Supervisor
 from controlplane.client import Client, ClientError
+from controlplane.envhelpers import flotilla_home
 
 log = logging.getLogger("flotilla.agent")
+WATCH_SECONDS = 25
+PROGRESS_EVERY = 2.0
 
 
 def default_node_name() -> str:
@@ -27,55 +38,212 @@ def default_node_name() -> str:
     return cleaned[:63] or "node"
 
 
+def backoff(failures: int) -> float:
+    return min(30.0, 2.0 ** min(failures, 5)) * random.uniform(0.5, 1.5)
+
+
 @dataclass
 class Agent:
-    client: Client
+    server: str | None
+    bootstrap_token: str | None
     name: str
+    state_dir: Path
     cluster: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
     devices: list[dict[str, Any]] = field(default_factory=list)
     interval: float = 5.0
+    grace: float = 30.0
+    advertise_host: str = "127.0.0.1"
+    simulate_workloads: bool = False
     stop_event: threading.Event = field(default_factory=threading.Event)
+    desired: dict[str, dict[str, Any]] = field(default_factory=dict)
 
-    def register(self) -> dict[str, Any]:
-        result = self.client.request(
-            "POST",
-            "/api/v1/agent/register",
-            json={
-                "name": self.name,
-                "cluster": self.cluster,
-                "labels": self.labels,
-                "devices": self.devices,
-                "info": {"hostname": socket.gethostname()},
-            },
+    def __post_init__(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        simulated = any(d.get("simulated") for d in self.devices)
+        cpu_only = all(d.get("type") == "CPU" for d in self.devices)
+        self.supervisor = Supervisor(
+            self.state_dir,
+            self.advertise_host,
+            use_gpus=not (simulated or cpu_only),
+            simulate_workloads=self.simulate_workloads,
         )
-        server_interval = float(result.get("heartbeatSeconds", self.interval))
-        self.interval = min(self.interval, server_interval)
-        return result
+        self.lock = threading.Lock()
+        self.node: Client | None = None
+        self.reported: dict[str, dict[str, Any]] = {}
+        self.reported_at: dict[str, float] = {}
 
-    def heartbeat(self) -> None:
-        self.client.request("POST", "/api/v1/agent/heartbeat", json={"name": self.name})
+    # --- identity ------------------------------------------------------------------
 
-    def run(self) -> None:
-        registered = False
+    @property
+    def token_path(self) -> Path:
+        return self.state_dir / "node-token"
+
+    def register(self) -> None:
+        """Register with the kept node token if there is one, else the bootstrap token."""
+        body = {
+            "name": self.name,
+            "cluster": self.cluster,
+            "labels": self.labels,
+            "devices": self.devices,
+            "info": {"hostname": socket.gethostname()},
+        }
+        tokens = []
+        if self.token_path.exists():
+            tokens.append(self.token_path.read_text().strip())
+        if self.bootstrap_token:
+            tokens.append(self.bootstrap_token)
+        last_error: ClientError | None = None
+        for token in tokens:
+            client = Client(self.server, token, timeout=15.0)
+            try:
+                result = client.request("POST", "/api/v1/agent/register", json=body)
+            except ClientError as exc:
+                client.close()
+                if exc.status in (401, 403):
+                    last_error = exc
+                    continue
+                raise
+            client.close()
+            self.token_path.touch(mode=0o600)
+            self.token_path.write_text(result["token"])
+            self.node = Client(self.server, result["token"], timeout=WATCH_SECONDS + 20)
+            self.interval = min(self.interval, float(result.get("heartbeatSeconds", self.interval)))
+            log.info("registered node %s with %d devices", self.name, len(self.devices))
+            return
+        raise last_error or ClientError("no token to register with: pass --token")
+
+    # --- loops -----------------------------------------------------------------------
+
+    def heartbeat_loop(self) -> None:
         failures = 0
         while not self.stop_event.is_set():
             try:
-                if not registered:
+                if self.node is None:
                     self.register()
-                    registered = True
-                    log.info("registered node %s with %d devices", self.name, len(self.devices))
-                else:
-                    self.heartbeat()
-                failures = 0
-                wait = self.interval
+                self.node.request("POST", "/api/v1/agent/heartbeat", json={"name": self.name})
+                failures, wait = 0, self.interval
             except ClientError as exc:
                 failures += 1
-                if exc.status == 404:
-                    registered = False  # the Node was deleted: register again
-                wait = min(60.0, 2.0 ** min(failures, 6)) * random.uniform(0.5, 1.5)
-                log.warning("control plane unreachable or refused (%s); retrying in %.1fs", exc, wait)
+                if exc.status in (401, 404):
+                    self.node = None  # deleted or credential rotated: register again
+                wait = backoff(failures)
+                log.warning("heartbeat failed (%s); retrying in %.1fs", exc, wait)
             self.stop_event.wait(wait)
+
+    def watch_loop(self) -> None:
+        since: str | None = None
+        failures = 0
+        while not self.stop_event.is_set():
+            node = self.node
+            if node is None:
+                self.stop_event.wait(0.5)
+                continue
+            try:
+                if since is None:
+                    listing = node.list("workloads", fieldSelector=f"spec.nodeName={self.name}")
+                    with self.lock:
+                        self.desired = {w["metadata"]["name"]: w for w in listing["items"]}
+                    since = listing["metadata"]["resourceVersion"]
+                else:
+                    result = node.watch(
+                        "workloads", since, WATCH_SECONDS, fieldSelector=f"spec.nodeName={self.name}"
+                    )
+                    with self.lock:
+                        for event in result["events"]:
+                            name = event["object"]["metadata"]["name"]
+                            if event["type"] == "DELETED":
+                                self.desired.pop(name, None)
+                            else:
+                                self.desired[name] = event["object"]
+                    since = result["resourceVersion"]
+                failures = 0
+            except ClientError as exc:
+                if exc.status == 410:
+                    since = None  # history is gone: list again
+                    continue
+                failures += 1
+                wait = backoff(failures)
+                log.warning("watch failed (%s); Workloads keep running; retrying in %.1fs", exc, wait)
+                self.stop_event.wait(wait)
+
+    def supervise_loop(self) -> None:
+        last_ship = 0.0
+        while not self.stop_event.is_set():
+            with self.lock:
+                desired = dict(self.desired)
+            self.supervisor.sync(desired)
+            self.supervisor.tick()
+            self.report_status()
+            if time.monotonic() - last_ship >= 1.0:
+                self.ship_logs()
+                last_ship = time.monotonic()
+            self.stop_event.wait(0.5)
+
+    # --- reporting ---------------------------------------------------------------------
+
+    def report_status(self) -> None:
+        node = self.node
+        if node is None:
+            return
+        now = time.monotonic()
+        for name, managed in list(self.supervisor.workloads.items()):
+            status = self.supervisor.status_of(managed)
+            previous = self.reported.get(name)
+            if previous == status:
+                continue
+            only_progress = previous is not None and {**previous, "progress": None} == {
+                **status,
+                "progress": None,
+            }
+            if only_progress and now - self.reported_at.get(name, 0.0) < PROGRESS_EVERY:
+                continue  # training progress: at most one report every PROGRESS_EVERY seconds
+            try:
+                node.request("PUT", f"/api/v1/workloads/{name}/status", json={"status": status})
+                self.reported[name] = status
+                self.reported_at[name] = now
+            except ClientError as exc:
+                if exc.status == 404:
+                    self.reported.pop(name, None)
+                else:
+                    log.warning("could not report workload %s: %s", name, exc)
+        for name in set(self.reported) - set(self.supervisor.workloads):
+            del self.reported[name]
+
+    def ship_logs(self) -> None:
+        node = self.node
+        if node is None:
+            return
+        for name, managed in list(self.supervisor.workloads.items()):
+            text = self.supervisor.new_log_text(managed)
+            if not text:
+                continue
+            try:
+                node.request("POST", f"/api/v1/workloads/{name}/logs", json={"text": text})
+                self.supervisor.mark_shipped(managed, text)
+            except ClientError as exc:
+                if exc.status != 404:
+                    log.warning("could not ship logs of %s: %s", name, exc)
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    def run(self) -> None:
+        threads = [
+            threading.Thread(target=self.heartbeat_loop, name="heartbeat", daemon=True),
+            threading.Thread(target=self.watch_loop, name="watch", daemon=True),
+            threading.Thread(target=self.supervise_loop, name="supervise", daemon=True),
+        ]
+        for thread in threads:
+            thread.start()
+        self.stop_event.wait()
+        log.info("draining: stopping %d workloads (grace %.0fs)", len(self.supervisor.workloads), self.grace)
+        for thread in threads:
+            thread.join(timeout=5)
+        self.supervisor.stop_all(self.grace)
+        self.supervisor.tick()
+        self.report_status()
+        self.ship_logs()
+        log.info("agent stopped")
 
     def install_signal_handlers(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -90,13 +258,23 @@ def build(
     labels: dict[str, str],
     simulate: str | None,
     interval: float,
+    state_dir: str | None = None,
+    grace: float = 30.0,
+    advertise_host: str = "127.0.0.1",
+    simulate_workloads: bool = False,
 ) -> Agent:
     found = device_discovery.parse_simulate(simulate) if simulate else device_discovery.discover()
+    node_name = name or default_node_name()
     return Agent(
-        client=Client(server, token, timeout=15.0),
-        name=name or default_node_name(),
+        server=server,
+        bootstrap_token=token,
+        name=node_name,
+        state_dir=Path(state_dir) if state_dir else flotilla_home() / "agent" / node_name,
         cluster=cluster,
         labels=labels,
         devices=found,
         interval=interval,
+        grace=grace,
+        advertise_host=advertise_host,
+        simulate_workloads=simulate_workloads,
     )

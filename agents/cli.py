@@ -25,6 +25,25 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labels", help="node labels, k=v[,k=v]")
     parser.add_argument("--simulate", help="simulated devices, e.g. 8xH100 or 4xA100-80GB,4xL4")
     parser.add_argument("--interval", type=float, default=5.0, help="heartbeat seconds (default 5)")
+    parser.add_argument(
+        "--state-dir", help="where the node token and Workload logs live (default: $FLOTILLA_HOME/agent/NAME)"
+    )
+    parser.add_argument(
+        "--grace-period",
+        type=float,
+        default=30.0,
+        help="seconds Workloads get to stop on SIGTERM before they are killed",
+    )
+    parser.add_argument(
+        "--simulate-workloads",
+        action="store_true",
+        help="report Workloads as running without starting their runtimes (for scale tests)",
+    )
+    parser.add_argument(
+        "--advertise-host",
+        default="127.0.0.1",
+        help="host name in the serving URLs this node reports (default 127.0.0.1)",
+    )
 
 
 def add_agent_parser(sub: Any) -> None:
@@ -47,6 +66,10 @@ def run(args: argparse.Namespace) -> int:
             parse_labels(args.labels),
             args.simulate,
             args.interval,
+            state_dir=args.state_dir,
+            grace=args.grace_period,
+            advertise_host=args.advertise_host,
+            simulate_workloads=args.simulate_workloads,
         )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)

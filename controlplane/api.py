@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -16,23 +15,24 @@ from django.conf import settings
 from django.db import transaction
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
-from pydantic import TypeAdapter, ValidationError
 
 from controlplane import apply as applier
-from controlplane import auth, events, openapi, store, watch, yamldocs
-from controlplane.controllers import nodes
-from controlplane.errors import ApiError, Conflict, Forbidden, Invalid, NotFound, TooLarge
+from controlplane import auth, events, openapi, scopes, store, watch, yamldocs
+from controlplane.errors import ApiError, Conflict, Invalid, NotFound, TooLarge
 from controlplane.models import ApiToken, AuditEntry, Event, Resource
-from controlplane.specs import BY_PLURAL, MAX_DEVICES, Device, KindInfo, Metadata, kind_for, name_problem
+from controlplane.specs import BY_PLURAL, KindInfo, kind_for
 from controlplane.timeutil import rfc3339
 from plugins import manager
 
 log = logging.getLogger(__name__)
-_DEVICE_LIST = TypeAdapter(list[Device])
 
 
-def endpoint(methods: dict[str, str]) -> Callable:
-    """Wrap a view: check the method, authenticate, require the role, render errors."""
+def endpoint(methods: dict[str, str], node_scoped_reads: bool = False) -> Callable:
+    """Wrap a view: check the method, authenticate, require the role, render errors.
+
+    ``node_scoped_reads`` lets a node's own token read through this view; the view
+    then limits it to that node's objects with :func:`scopes.check_read`.
+    """
 
     def decorate(view: Callable[..., Any]) -> Callable[..., JsonResponse]:
         @csrf_exempt
@@ -50,7 +50,9 @@ def endpoint(methods: dict[str, str]) -> Callable:
                         status=405,
                     )
                 principal = auth.authenticate(request.headers.get("Authorization"))
-                auth.require(principal, methods[request.method])
+                needed = methods[request.method]
+                if not (node_scoped_reads and needed == "viewer" and principal.node_name):
+                    auth.require(principal, needed)
                 request.principal = principal  # type: ignore[attr-defined]
                 result = view(request, *args, **kwargs)
                 if isinstance(result, JsonResponse):
@@ -143,12 +145,12 @@ def apply_view(request: HttpRequest) -> dict[str, Any]:
     return {"dryRun": dry_run, "results": [o.as_dict() for o in outcomes]}
 
 
-@endpoint({"GET": "viewer"})
+@endpoint({"GET": "viewer"}, node_scoped_reads=True)
 def collection_view(request: HttpRequest, plural: str) -> dict[str, Any]:
     info = kind_info(plural)
     selector = parse_selector(request.GET.get("labelSelector"))
     fields = parse_selector(request.GET.get("fieldSelector"), "fieldSelector")
-    node_name = fields.pop("spec.nodeName", None)
+    node_name = scopes.node_filter(request.principal, info.kind, fields.pop("spec.nodeName", None))
     if fields:
         raise Invalid(
             f"fieldSelector supports only spec.nodeName, not {', '.join(fields)}",
@@ -170,11 +172,15 @@ def collection_view(request: HttpRequest, plural: str) -> dict[str, Any]:
     }
 
 
-@endpoint({"GET": "viewer", "PUT": "operator", "DELETE": "operator"})
+@endpoint({"GET": "viewer", "PUT": "operator", "DELETE": "operator"}, node_scoped_reads=True)
 def object_view(request: HttpRequest, plural: str, name: str) -> Any:
     info = kind_info(plural)
     if request.method == "GET":
-        return store.to_document(store.get(info.kind, name))
+        resource = store.find(info.kind, name)
+        scopes.check_read(request.principal, info.kind, resource, name)
+        if resource is None:
+            store.get(info.kind, name)  # the 404 with its message
+        return store.to_document(resource)
     if request.method == "PUT":
         outcome = applier.replace(json_body(request), info.kind, name, request.principal.name)
         document = store.to_document(store.get(info.kind, name))
@@ -226,15 +232,10 @@ def status_view(request: HttpRequest, plural: str, name: str) -> dict[str, Any]:
     with transaction.atomic():
         resource = store.get(info.kind, name, for_update=True)
         principal = request.principal
-        if principal.role == "agent":
-            own = (info.kind == "Node" and name == principal.node_name) or (
-                info.kind == "Workload" and resource.node_name == principal.node_name and principal.node_name
-            )
-            if not own:
-                raise Forbidden(
-                    f"agent token {principal.name!r} may write only its own node and its workloads",
-                    [{"field": "Authorization", "fix": "use that node's own token, or an admin token"}],
-                )
+        if principal.role == "agent" and not (
+            scopes.is_node_token(principal) and scopes.owns(principal, info.kind, resource)
+        ):
+            raise scopes.deny(principal, f"write the status of {info.kind.lower()}/{name}")
         store.update_status(resource, body["status"])
         return store.to_document(resource)
 
@@ -317,84 +318,6 @@ def token_view(request: HttpRequest, prefix: str) -> dict[str, Any]:
         raise NotFound(f"no active token with prefix {prefix}")
     events.audit(request.principal.name, "revoke", "Token", prefix)
     return {"status": "revoked", "prefix": prefix}
-
-
-# --- agent protocol ----------------------------------------------------------------
-
-
-def _problems(exc: ValidationError, prefix: str) -> list[dict[str, Any]]:
-    return [
-        {
-            "field": ".".join([prefix, *(str(p) for p in err["loc"])]),
-            "message": err["msg"].removeprefix("Value error, "),
-            "fix": f"correct {prefix}",
-        }
-        for err in exc.errors()
-    ]
-
-
-def _devices(value: Any) -> list[dict[str, Any]]:
-    if not isinstance(value, list) or len(value) > MAX_DEVICES:
-        raise Invalid(
-            f"devices must be a list of at most {MAX_DEVICES} devices",
-            [{"field": "devices", "fix": "send the node's devices as a list"}],
-        )
-    try:
-        devices = _DEVICE_LIST.validate_python(value)
-    except ValidationError as exc:
-        raise Invalid("a device is malformed", _problems(exc, "devices")) from None
-    indices = [d.index for d in devices]
-    if len(set(indices)) != len(indices):
-        raise Invalid(
-            "device indices repeat", [{"field": "devices", "fix": "give each device its own index"}]
-        )
-    return [d.model_dump(mode="json") for d in devices]
-
-
-def _agent_body(request: HttpRequest) -> tuple[dict[str, Any], str]:
-    """The JSON object an agent sent, and the node name it names."""
-    body = json_body(request)
-    if not isinstance(body, dict):
-        raise Invalid("send a JSON object", [{"field": "", "fix": 'send {"name": NODE, ...}'}])
-    name = body.get("name")
-    if problem := name_problem(name):
-        raise Invalid(f"node name {problem}", [{"field": "name", "fix": "use the host name, lower-cased"}])
-    return body, name
-
-
-@endpoint({"POST": "agent"})
-def register_view(request: HttpRequest) -> dict[str, Any]:
-    body, name = _agent_body(request)
-    devices = _devices(body.get("devices") or [])
-    cluster = body.get("cluster") or None
-    if cluster is not None and (problem := name_problem(cluster)):
-        raise Invalid(f"cluster {problem}", [{"field": "cluster", "fix": "use a Cluster's name"}])
-    try:
-        labels = Metadata.model_validate({"name": name, "labels": body.get("labels") or {}}).labels
-    except ValidationError as exc:
-        problems = _problems(exc, "labels")
-        for problem_ in problems:
-            problem_["field"] = problem_["field"].replace("labels.labels", "labels")
-        raise Invalid("labels are malformed", problems) from None
-    node = nodes.register(name, cluster=cluster, labels=labels, devices=devices, info=body.get("info") or {})
-    return {
-        "node": store.to_document(node),
-        "heartbeatSeconds": max(1.0, settings.FLOTILLA_NODE_TIMEOUT / 8),
-    }
-
-
-@endpoint({"POST": "agent"})
-def heartbeat_view(request: HttpRequest) -> dict[str, Any]:
-    body, name = _agent_body(request)
-    principal = request.principal
-    if principal.role == "agent" and principal.node_name and principal.node_name != name:
-        raise Forbidden(
-            f"agent token {principal.name!r} belongs to node {principal.node_name}, not {name}",
-            [{"field": "name", "fix": "heartbeat with the node's own token"}],
-        )
-    devices = _devices(body["devices"]) if body.get("devices") is not None else None
-    node = nodes.heartbeat(name, devices)
-    return {"resourceVersion": str(node.resource_version), "at": time.time()}
 
 
 def openapi_view(request: HttpRequest) -> JsonResponse:

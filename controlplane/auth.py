@@ -45,7 +45,8 @@ class Principal:
 
     def can(self, needed: str) -> bool:
         if self.role == "agent":
-            return needed in {"viewer", "agent"}
+            # Agent tokens read only through node-scoped views (see controlplane.scopes).
+            return needed == "agent"
         if needed == "agent":
             return self.role == "admin"
         return ROLE_RANK[self.role] >= ROLE_RANK[needed]

@@ -123,3 +123,19 @@ class Lease(models.Model):
     key = models.CharField(max_length=140, primary_key=True)
     holder = models.CharField(max_length=36)
     expires_at = models.DateTimeField()
+
+
+class WorkloadLog(models.Model):
+    """Chunks of a Workload's output, shipped by its agent; ``id`` orders them.
+
+    Kept per Workload up to FLOTILLA_LOG_BYTES (oldest chunks go first), and for a
+    while after the Workload is gone, so a crash can still be read afterwards.
+    """
+
+    workload = models.CharField(max_length=63)
+    text = models.TextField()
+    size = models.IntegerField()
+    at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["workload", "id"])]

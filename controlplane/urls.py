@@ -1,6 +1,6 @@
 from django.urls import include, path, re_path
 
-from controlplane import api
+from controlplane import agent_api, api, logs_api
 
 api_v1 = [
     path("apply", api.apply_view),
@@ -9,9 +9,10 @@ api_v1 = [
     path("plugins", api.plugins_view),
     path("tokens", api.tokens_view),
     path("tokens/<str:prefix>", api.token_view),
-    path("agent/register", api.register_view),
-    path("agent/heartbeat", api.heartbeat_view),
+    path("agent/register", agent_api.register_view),
+    path("agent/heartbeat", agent_api.heartbeat_view),
     path("openapi.json", api.openapi_view),
+    path("workloads/<str:name>/logs", logs_api.logs_view),
     path("<str:plural>", api.collection_view),
     path("<str:plural>/<str:name>", api.object_view),
     path("<str:plural>/<str:name>/status", api.status_view),

@@ -68,7 +68,9 @@ class RunningStack:
         self.client = Client(stack.url, token)
         self.agents: dict[str, subprocess.Popen] = {}
 
-    def start_agent(self, name: str, simulate: str = "4xH100", cluster: str | None = None) -> None:
+    def start_agent(
+        self, name: str, simulate: str = "4xH100", cluster: str | None = None, run_workloads: bool = False
+    ) -> None:
         argv = [
             sys.executable,
             "-m",
@@ -86,6 +88,8 @@ class RunningStack:
         ]
         if cluster:
             argv += ["--cluster", cluster]
+        if not run_workloads:
+            argv.append("--simulate-workloads")
         self.agents[name] = self.stack.spawn(f"agent-{name}", argv)
 
     def stop_agent(self, name: str) -> None:

@@ -220,11 +220,12 @@ def test_re_registering_keeps_the_operators_spec_edits(admin, operator):
 def test_an_agent_token_registers_and_heartbeats_its_node(db):
     token, _ = create_token("agent-a", "agent", node_name="gpu-a")
     agent = Api(token)
-    assert (
-        agent.post("/agent/register", {"name": "gpu-a", "devices": simulated_devices(1)}).status_code == 200
-    )
-    assert agent.post("/agent/heartbeat", {"name": "gpu-a"}).status_code == 200
-    error_of(agent.apply(deployment()), 403)
+    registered = agent.post("/agent/register", {"name": "gpu-a", "devices": simulated_devices(1)})
+    assert registered.status_code == 200
+    node_agent = Api(registered.json()["token"])  # registering rotates the node's credential
+    assert node_agent.post("/agent/heartbeat", {"name": "gpu-a"}).status_code == 200
+    error_of(agent.post("/agent/heartbeat", {"name": "gpu-a"}), 401)
+    error_of(node_agent.apply(deployment()), 403)
 
 
 def test_an_agent_token_may_not_heartbeat_another_node(db, add_node):

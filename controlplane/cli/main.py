@@ -141,6 +141,28 @@ def cmd_events(args: argparse.Namespace, client: Client) -> int:
     return 0
 
 
+def cmd_logs(args: argparse.Namespace, client: Client) -> int:
+    kind, _, name = args.target.partition("/")
+    if not name:
+        kind, name = "workload", kind
+    if resolve_kind(kind).kind != "Workload":
+        raise ClientError("logs are kept for workloads: flotilla logs workload/NAME")
+    since = 0
+    while True:
+        params = {"since": since}
+        if args.follow:
+            params.update(follow="true", timeoutSeconds=25)
+        result = client.request("GET", f"/api/v1/workloads/{name}/logs", params=params, timeout=45)
+        for chunk in result["chunks"]:
+            sys.stdout.write(chunk["text"])
+        sys.stdout.flush()
+        since = result["next"]
+        if not args.follow and not result["chunks"]:
+            return 0
+        if not args.follow and len(result["chunks"]) < 200:
+            return 0
+
+
 def cmd_plugins(args: argparse.Namespace, client: Client) -> int:
     items = client.request("GET", "/api/v1/plugins")["items"]
     if args.output in ("yaml", "json"):
@@ -216,6 +238,10 @@ def build_parser() -> argparse.ArgumentParser:
     events.add_argument("name", nargs="?")
     events.add_argument("--limit", type=int, default=50)
 
+    logs = sub.add_parser("logs", help="print a workload's output (shipped by its agent)")
+    logs.add_argument("target", help="workload/NAME")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing new output")
+
     plugins = sub.add_parser("plugins", help="installed plugins by kind, with their parameters")
     plugins.add_argument("-o", "--output", choices=["yaml", "json"])
 
@@ -241,6 +267,7 @@ COMMANDS = {
     "delete": cmd_delete,
     "events": cmd_events,
     "plugins": cmd_plugins,
+    "logs": cmd_logs,
     "token": cmd_token,
 }
 

@@ -16,7 +16,7 @@ from django.db import transaction
 
 from controlplane import events, fleet, store
 from controlplane.conditions import is_true, set_condition
-from controlplane.models import Resource
+from controlplane.models import Event, Resource
 from controlplane.policies import PolicyProblem, resolve
 from controlplane.specs import KINDS, WORKLOAD_FINALIZER, DeploymentSpec, TrainingJobSpec
 from plugins.types import PlacementRequest
@@ -33,6 +33,15 @@ def role_of(kind: str) -> str:
 
 def desired_replicas(kind: str, spec: DeploymentSpec | TrainingJobSpec) -> int:
     return spec.replicas if isinstance(spec, DeploymentSpec) else 1
+
+
+def runtime_config(owner: Resource) -> dict[str, Any]:
+    """What the Workload's runtime process needs from its owner's spec."""
+    spec = owner.spec
+    config: dict[str, Any] = {"model": spec.get("model", {})}
+    if owner.kind == "TrainingJob":
+        config.update(data=spec.get("data", {}), steps=spec.get("steps"), batchSize=spec.get("batchSize"))
+    return config
 
 
 def workload_name(owner: Resource, role: str, index: int) -> str:
@@ -98,6 +107,9 @@ def _converge(owner: Resource) -> None:
         workloads.remove(workload)
 
     desired = desired_replicas(owner.kind, spec)
+    succeeded = owner.kind == "TrainingJob" and _training_finished(owner, status, workloads)
+    if succeeded:
+        desired = 0  # done: release the GPUs, and never start it again
     for workload in workloads[desired:]:
         store.request_delete(workload)
     if len(workloads) > desired:
@@ -112,13 +124,26 @@ def _converge(owner: Resource) -> None:
 
     if unschedulable:
         unschedulable = f"{len(workloads)}/{desired} scheduled; {unschedulable}"
-    _set_conditions(owner, status, workloads, desired, unschedulable)
+    if succeeded:
+        set_condition(status, "Scheduled", True, "Completed", "training finished")
+        set_condition(status, "Ready", False, "Completed", "training finished")
+        set_condition(status, "Progressing", False, "Completed", "training finished")
+    else:
+        _set_conditions(owner, status, workloads, desired, unschedulable)
+    _note_unsupported(owner, spec)
     status["observedGeneration"] = owner.generation
     status["replicas"] = {
         "desired": desired,
         "scheduled": len(workloads),
         "ready": sum(is_true(w.status, "Ready") for w in workloads),
     }
+    status["endpoints"] = [
+        w.status["endpoint"] for w in workloads if is_true(w.status, "Ready") and w.status.get("endpoint")
+    ]
+    if owner.kind == "TrainingJob":
+        progress = next((w.status["progress"] for w in workloads if w.status.get("progress")), None)
+        if progress:
+            status["progress"] = progress
     status["placements"] = [
         {
             "workload": w.name,
@@ -129,6 +154,39 @@ def _converge(owner: Resource) -> None:
         for w in workloads
     ]
     store.update_status(owner, status)
+
+
+def _training_finished(owner: Resource, status: dict[str, Any], workloads: list[Resource]) -> bool:
+    """A TrainingJob is done once its Workload reported Succeeded; that sticks."""
+    if is_true(status, "Succeeded"):
+        return True
+    done = next((w for w in workloads if w.status.get("phase") == "Succeeded"), None)
+    if done is None:
+        return False
+    progress = done.status.get("progress", {})
+    set_condition(status, "Succeeded", True, "Completed", f"reached step {progress.get('step', '?')}")
+    status["progress"] = progress
+    events.record(owner, "Completed", f"training finished on {done.node_name}", source=SOURCE)
+    return True
+
+
+def _note_unsupported(owner: Resource, spec: DeploymentSpec | TrainingJobSpec) -> None:
+    """Checkpointing comes with the checkpointer plugins; until then say, once, that
+    the validated spec.checkpoint section is not acted on."""
+    if not isinstance(spec, TrainingJobSpec):
+        return
+    reason = "CheckpointingNotAvailable"
+    if Event.objects.filter(kind=owner.kind, name=owner.name, uid=str(owner.uid), reason=reason).exists():
+        return
+    policy = f" (policy {spec.checkpoint.policy})" if spec.checkpoint.policy else ""
+    events.record(
+        owner,
+        reason,
+        f"spec.checkpoint{policy} is validated but not acted on yet: no checkpoints are written, "
+        "and a restarted Workload trains from step 0",
+        type_="Warning",
+        source=SOURCE,
+    )
 
 
 def _place(
@@ -177,7 +235,7 @@ def _place(
                 "nodeName": placement.node,
                 "gpus": placement.gpus,
                 "runtime": "train" if role == "train" else "serve",
-                "config": {"model": owner.spec.get("model", {})},
+                "config": runtime_config(owner),
             },
             labels={OWNER_LABEL: owner.name, REPLICA_LABEL: str(index)},
             owner_references=[

@@ -1,0 +1,318 @@
+"""Run each Workload bound to this node as a supervised subprocess.
+
+One ``Managed`` entry per Workload: the supervisor starts its runtime
+(``python -m agents.runtimes.<runtime>``) with the GPU indices it was given,
+restarts it with jittered exponential backoff when it crashes (keeping the
+exit code and the last lines of its log), and stops it when the Workload goes
+away. Runtimes report through JSON lines on stdout (``{"event": ...}``) and,
+for serving, ``GET /health``; so they need no API token of their own.
+
+A child is started with PR_SET_PDEATHSIG on Linux: if the agent dies, its
+Workloads are told to stop rather than linger as orphans holding ports and GPUs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+log = logging.getLogger("flotilla.agent.supervisor")
+RUNTIMES = {"serve", "train"}
+LOG_TAIL_LINES = 20
+MAX_BACKOFF = 60.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+@dataclass
+class Managed:
+    """What the supervisor knows of one Workload's process."""
+
+    name: str
+    document: dict[str, Any]
+    log_path: Path
+    process: subprocess.Popen | None = None
+    port: int | None = None
+    restarts: int = 0
+    next_start: float = 0.0
+    phase: str = "Pending"  # Pending | Starting | Running | Succeeded | Failed | BackOff
+    ready: bool = False
+    endpoint: str | None = None
+    last_exit: int | None = None
+    message: str = ""
+    progress: dict[str, Any] = field(default_factory=dict)
+    tail: deque = field(default_factory=lambda: deque(maxlen=LOG_TAIL_LINES))
+    read_offset: int = 0
+    shipped_offset: int = 0
+    started_at: float = 0.0
+
+    @property
+    def generation(self) -> int:
+        return int(self.document["metadata"].get("generation", 1))
+
+    @property
+    def runtime(self) -> str:
+        return self.document["spec"].get("runtime", "serve")
+
+
+class Supervisor:
+    def __init__(
+        self,
+        state_dir: Path,
+        advertise_host: str = "127.0.0.1",
+        use_gpus: bool = True,
+        python: str = sys.executable,
+        simulate_workloads: bool = False,
+    ):
+        self.state_dir = state_dir
+        self.logs_dir = state_dir / "logs"
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        self.advertise_host = advertise_host
+        self.use_gpus = use_gpus
+        self.python = python
+        self.workloads: dict[str, Managed] = {}
+        self.accepting = True
+        # Simulated Workloads run no process: they report Running at once, so one
+        # machine can host many simulated agents for scale tests.
+        self.simulate_workloads = simulate_workloads
+
+    # --- desired state -----------------------------------------------------------
+
+    def sync(self, desired: dict[str, dict[str, Any]]) -> None:
+        """Make the running set match the Workloads bound to this node."""
+        for name in list(self.workloads):
+            if name not in desired:
+                self.stop(name)
+                del self.workloads[name]
+        if not self.accepting:
+            return
+        for name, document in desired.items():
+            current = self.workloads.get(name)
+            if current is not None and document["metadata"].get("generation") != current.generation:
+                self.stop(name)  # the spec changed: run the new one
+                current = None
+            if current is None:
+                self.workloads[name] = Managed(name, document, self.logs_dir / f"{name}.log")
+            else:
+                current.document = document
+
+    # --- processes ---------------------------------------------------------------
+
+    def command(self, managed: Managed, config_path: Path) -> list[str]:
+        runtime = managed.runtime
+        if runtime not in RUNTIMES:
+            raise ValueError(f"unknown runtime {runtime!r}; this agent runs {', '.join(sorted(RUNTIMES))}")
+        argv = [self.python, "-m", f"agents.runtimes.{runtime}", "--config", str(config_path)]
+        device = "auto" if self.use_gpus and managed.document["spec"].get("gpus") else "cpu"
+        argv += ["--device", device]
+        if runtime == "serve":
+            managed.port = free_port()
+            argv += ["--host", "0.0.0.0" if self.advertise_host != "127.0.0.1" else "127.0.0.1"]  # noqa: S104
+            argv += ["--port", str(managed.port)]
+        return argv
+
+    def start(self, managed: Managed) -> None:
+        config_path = self.state_dir / f"{managed.name}.json"
+        config_path.write_text(json.dumps(managed.document["spec"].get("config", {})))
+        try:
+            argv = self.command(managed, config_path)
+        except ValueError as exc:
+            managed.phase, managed.message = "Failed", str(exc)
+            return
+        env = dict(os.environ)
+        gpus = managed.document["spec"].get("gpus", [])
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus)) if self.use_gpus else ""
+        env["PYTHONUNBUFFERED"] = "1"
+        output = open(managed.log_path, "ab")  # noqa: SIM115 - handed to the child
+        managed.read_offset = managed.log_path.stat().st_size
+        managed.process = subprocess.Popen(
+            argv,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,  # noqa: PLW1509
+        )
+        output.close()
+        managed.phase, managed.ready, managed.endpoint = "Starting", False, None
+        managed.started_at = time.monotonic()
+        managed.message = f"started pid {managed.process.pid}"
+        log.info("workload %s: started %s (pid %d)", managed.name, managed.runtime, managed.process.pid)
+
+    def stop(self, name: str, grace: float = 10.0) -> None:
+        managed = self.workloads.get(name)
+        if managed is None or managed.process is None or managed.process.poll() is not None:
+            return
+        log.info("workload %s: stopping pid %d", name, managed.process.pid)
+        managed.process.terminate()
+        try:
+            managed.process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(managed.process.pid, signal.SIGKILL)
+            managed.process.wait()
+
+    def stop_all(self, grace: float) -> None:
+        """Drain: ask every Workload to stop, then kill what is left after the grace period."""
+        self.accepting = False
+        running = [m for m in self.workloads.values() if m.process and m.process.poll() is None]
+        for managed in running:
+            managed.process.terminate()
+        deadline = time.monotonic() + grace
+        for managed in running:
+            try:
+                managed.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(managed.process.pid, signal.SIGKILL)
+                managed.process.wait()
+
+    # --- the periodic pass ---------------------------------------------------------
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        for managed in self.workloads.values():
+            self._read_events(managed)
+            process = managed.process
+            if self.simulate_workloads:
+                if managed.phase == "Pending" and self.accepting:
+                    managed.phase, managed.ready, managed.message = "Running", True, "simulated workload"
+                continue
+            if process is None:
+                if managed.phase in ("Pending", "BackOff") and now >= managed.next_start and self.accepting:
+                    self.start(managed)
+                continue
+            code = process.poll()
+            if code is None:
+                if managed.runtime == "serve" and not managed.ready:
+                    self._check_health(managed)
+                continue
+            self._exited(managed, code, now)
+
+    def _exited(self, managed: Managed, code: int, now: float) -> None:
+        managed.process = None
+        managed.ready = False
+        managed.endpoint = None
+        managed.last_exit = code
+        self._read_events(managed)
+        if code == 0 and managed.runtime == "train":
+            managed.phase, managed.message = "Succeeded", "training reached its last step"
+            return
+        managed.restarts += 1
+        delay = min(MAX_BACKOFF, 2.0 ** min(managed.restarts, 6)) * random.uniform(0.5, 1.0)
+        managed.phase = "BackOff"
+        managed.next_start = now + delay
+        last = " | ".join(list(managed.tail)[-5:])
+        managed.message = (
+            f"exited with code {code}; restart {managed.restarts} in {delay:.0f}s; last log: {last}"
+        )
+        log.warning("workload %s: %s", managed.name, managed.message)
+
+    def _check_health(self, managed: Managed) -> None:
+        url = f"http://127.0.0.1:{managed.port}"
+        try:
+            healthy = httpx.get(f"{url}/health", timeout=1.0).status_code == 200
+        except httpx.HTTPError:
+            healthy = False
+        if healthy:
+            managed.ready = True
+            managed.phase = "Running"
+            managed.endpoint = f"http://{self.advertise_host}:{managed.port}"
+            managed.message = f"serving at {managed.endpoint}"
+
+    def _read_events(self, managed: Managed) -> None:
+        """Follow the log: keep a tail, and act on the runtime's JSON event lines."""
+        try:
+            with open(managed.log_path, "rb") as handle:
+                handle.seek(managed.read_offset)
+                chunk = handle.read(1 << 20)
+        except FileNotFoundError:
+            return
+        cut = chunk.rfind(b"\n") + 1
+        managed.read_offset += cut
+        for raw in chunk[:cut].splitlines():
+            line = raw.decode("utf-8", errors="replace").rstrip()
+            managed.tail.append(line[:500])
+            if not line.startswith('{"event"'):
+                continue
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            kind = event.get("event")
+            if kind in ("started", "progress"):
+                managed.phase = "Running"
+                managed.ready = True
+                managed.progress = {k: v for k, v in event.items() if k != "event"}
+            elif kind in ("succeeded", "failed", "stopped"):
+                managed.progress.update({k: v for k, v in event.items() if k != "event"})
+                if kind == "failed":
+                    managed.message = str(event.get("message", ""))[:500]
+
+    def new_log_text(self, managed: Managed, limit: int = 64 * 1024) -> str:
+        """Log text not yet shipped to the control plane (at most ``limit`` bytes)."""
+        try:
+            with open(managed.log_path, "rb") as handle:
+                handle.seek(managed.shipped_offset)
+                chunk = handle.read(limit)
+        except FileNotFoundError:
+            return ""
+        cut = chunk.rfind(b"\n") + 1 if len(chunk) == limit else len(chunk)
+        return chunk[:cut].decode("utf-8", errors="replace")
+
+    def mark_shipped(self, managed: Managed, text: str) -> None:
+        managed.shipped_offset += len(text.encode("utf-8", errors="replace"))
+
+    def status_of(self, managed: Managed) -> dict[str, Any]:
+        ready = managed.ready and managed.phase == "Running"
+        if managed.phase == "Succeeded":
+            reason = "Completed"
+        elif ready:
+            reason = "Serving" if managed.runtime == "serve" else "Training"
+        else:
+            reason = {"BackOff": "CrashLoopBackOff", "Failed": "Failed"}.get(managed.phase, "Starting")
+        status: dict[str, Any] = {
+            "phase": managed.phase,
+            "observedGeneration": managed.generation,
+            "restarts": managed.restarts,
+            "conditions": [
+                {
+                    "type": "Ready",
+                    "status": "True" if ready else "False",
+                    "reason": reason,
+                    "message": managed.message,
+                }
+            ],
+        }
+        if managed.endpoint:
+            status["endpoint"] = managed.endpoint
+        if managed.last_exit is not None:
+            status["lastExitCode"] = managed.last_exit
+            status["lastLog"] = list(managed.tail)[-LOG_TAIL_LINES:]
+        if managed.progress:
+            status["progress"] = managed.progress
+        return status
