@@ -22,7 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from agents import devices as device_discovery
+from agents import power, telemetry
 from agents.supervisor import Supervisor
 from controlplane.client import Client, ClientError
 from controlplane.envhelpers import flotilla_home
@@ -55,6 +58,7 @@ class Agent:
     grace: float = 30.0
     advertise_host: str = "127.0.0.1"
     simulate_workloads: bool = False
+    power_backend: str = "off"
     stop_event: threading.Event = field(default_factory=threading.Event)
     desired: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -67,6 +71,9 @@ class Agent:
             self.advertise_host,
             use_gpus=not (simulated or cpu_only),
             simulate_workloads=self.simulate_workloads,
+        )
+        self.power = power.make_backend(
+            self.power_backend, self.devices, confirm=self.power_backend == "nvml"
         )
         self.lock = threading.Lock()
         self.node: Client | None = None
@@ -113,6 +120,28 @@ class Agent:
             return
         raise last_error or ClientError("no token to register with: pass --token")
 
+    # --- telemetry ----------------------------------------------------------------------
+
+    def telemetry(self) -> dict[str, Any]:
+        """Device samples plus each Workload's runtime metrics, sent with every heartbeat.
+
+        Simulated devices take their load from the Workloads placed on them: a
+        training Workload keeps its GPUs fully busy, a serving one at 60%.
+        """
+        load: dict[int, float] = {}
+        metrics: dict[str, dict[str, float]] = {}
+        for name, managed in list(self.supervisor.workloads.items()):
+            if managed.phase != "Running":
+                continue
+            busy = 1.0 if managed.runtime == "train" else 0.6
+            for index in managed.document["spec"].get("gpus", []):
+                load[index] = max(load.get(index, 0.0), busy)
+            numbers = runtime_metrics(managed)
+            if numbers:
+                metrics[name] = numbers
+        limits = self.power.limits() if self.power.name == "simulate" else None
+        return telemetry.collect(self.devices, load, limits=limits, workloads=metrics)
+
     # --- loops -----------------------------------------------------------------------
 
     def heartbeat_loop(self) -> None:
@@ -121,7 +150,9 @@ class Agent:
             try:
                 if self.node is None:
                     self.register()
-                self.node.request("POST", "/api/v1/agent/heartbeat", json={"name": self.name})
+                self.node.request(
+                    "POST", "/api/v1/agent/heartbeat", json={"name": self.name, "telemetry": self.telemetry()}
+                )
                 failures, wait = 0, self.interval
             except ClientError as exc:
                 failures += 1
@@ -250,6 +281,21 @@ class Agent:
             signal.signal(sig, lambda *_: self.stop_event.set())
 
 
+def runtime_metrics(managed: Any) -> dict[str, float]:
+    """Numbers the runtime reports: training progress, or the serving runtime's /stats."""
+    numbers: dict[str, Any] = dict(managed.progress)
+    if managed.runtime == "serve" and managed.port and managed.ready:
+        try:
+            numbers.update(httpx.get(f"http://127.0.0.1:{managed.port}/stats", timeout=1.0).json())
+        except (httpx.HTTPError, ValueError):
+            pass
+    return {
+        key[:64]: float(value)
+        for key, value in numbers.items()
+        if isinstance(value, int | float) and not isinstance(value, bool)
+    }
+
+
 def build(
     server: str | None,
     token: str | None,
@@ -262,6 +308,7 @@ def build(
     grace: float = 30.0,
     advertise_host: str = "127.0.0.1",
     simulate_workloads: bool = False,
+    power_backend: str = "off",
 ) -> Agent:
     found = device_discovery.parse_simulate(simulate) if simulate else device_discovery.discover()
     node_name = name or default_node_name()
@@ -277,4 +324,5 @@ def build(
         grace=grace,
         advertise_host=advertise_host,
         simulate_workloads=simulate_workloads,
+        power_backend=power_backend,
     )

@@ -35,6 +35,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="seconds Workloads get to stop on SIGTERM before they are killed",
     )
     parser.add_argument(
+        "--power-backend",
+        choices=["off", "simulate", "nvml"],
+        default="off",
+        help="off observes only (default); simulate keeps limits in memory; nvml sets real "
+        "limits and needs root",
+    )
+    parser.add_argument(
         "--simulate-workloads",
         action="store_true",
         help="report Workloads as running without starting their runtimes (for scale tests)",
@@ -70,8 +77,9 @@ def run(args: argparse.Namespace) -> int:
             grace=args.grace_period,
             advertise_host=args.advertise_host,
             simulate_workloads=args.simulate_workloads,
+            power_backend=args.power_backend,
         )
-    except ValueError as exc:
+    except (ValueError, PermissionError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     agent.install_signal_handlers()

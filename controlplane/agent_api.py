@@ -24,6 +24,7 @@ from controlplane.controllers import nodes
 from controlplane.errors import Forbidden, Invalid
 from controlplane.models import ApiToken
 from controlplane.specs import MAX_DEVICES, Device, Metadata, name_problem
+from controlplane.telemetry import store as telemetry_store
 
 _DEVICE_LIST = TypeAdapter(list[Device])
 
@@ -127,5 +128,8 @@ def heartbeat_view(request: HttpRequest) -> dict[str, Any]:
             [{"field": "name", "fix": "register first and heartbeat with the node token it returns"}],
         )
     devices = _devices(body["devices"]) if body.get("devices") is not None else None
-    node = nodes.heartbeat(name, devices)
+    with transaction.atomic():
+        node = nodes.heartbeat(name, devices)
+        if body.get("telemetry") is not None:
+            telemetry_store.record(name, body["telemetry"])
     return {"resourceVersion": str(node.resource_version), "at": time.time()}

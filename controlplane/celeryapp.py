@@ -20,4 +20,4 @@ app.conf.update(
     task_serializer="json",
     accept_content=["json"],
 )
-app.autodiscover_tasks(["controlplane"])
+app.autodiscover_tasks(["controlplane", "controlplane.telemetry"])

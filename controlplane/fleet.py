@@ -41,6 +41,10 @@ def ready_node_names() -> set[str]:
     return {name for name, status in rows if is_true(status, "Ready")}
 
 
+def node_names() -> set[str]:
+    return set(Resource.objects.filter(kind="Node").values_list("name", flat=True))
+
+
 def snapshot(cluster: str | None = None) -> FleetView:
     """Read only the columns a scheduler needs (values, not model instances): at a
     thousand Workloads, decoding whole rows was most of a reconcile's time."""

@@ -55,6 +55,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "controlplane",
+    "controlplane.telemetry",
     "dashboard",
 ]
 
@@ -195,6 +196,7 @@ else:
 # marks nodes without a recent heartbeat NotReady.
 CELERY_BEAT_SCHEDULE = {
     "resync": {"task": "controlplane.tasks.resync", "schedule": FLOTILLA_RESYNC_SECONDS},
+    "telemetry-downsample": {"task": "controlplane.telemetry.tasks.downsample", "schedule": 60.0},
     "check-nodes": {
         "task": "controlplane.tasks.check_nodes",
         "schedule": min(10.0, FLOTILLA_NODE_TIMEOUT / 4),

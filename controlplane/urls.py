@@ -1,8 +1,10 @@
 from django.urls import include, path, re_path
 
 from controlplane import agent_api, api, logs_api
+from controlplane.telemetry import urls as telemetry_urls
 
 api_v1 = [
+    *telemetry_urls.urlpatterns,
     path("apply", api.apply_view),
     path("events", api.events_view),
     path("audit", api.audit_view),

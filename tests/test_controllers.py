@@ -406,9 +406,24 @@ def test_workloads_on_a_node_that_goes_not_ready_move_to_a_ready_node(add_node):
     assert all(e.type == "Warning" and "lost its node gpu-a" in e.message for e in rescheduling)
 
 
-def test_workloads_on_a_not_ready_node_wait_when_no_other_node_fits(add_node):
+def test_a_full_disruption_leaves_workloads_where_they_are(add_node):
+    # No node is Ready: most likely the control plane could not hear anyone, so
+    # moving every replica would only restart them all (Kubernetes does the same).
     add_node("gpu-a", gpus=1)
     create(deployment("chat-small", replicas=1))
+    reconcile("chat-small")
+    (before,) = workloads_of("chat-small")
+    age_lease("gpu-a")
+    nodes.check_heartbeats()
+    reconcile("chat-small")
+    (after,) = workloads_of("chat-small")
+    assert after.uid == before.uid and after.spec["nodeName"] == "gpu-a"
+
+
+def test_workloads_on_a_not_ready_node_wait_when_no_other_node_fits(add_node):
+    add_node("gpu-a", gpus=1)
+    add_node("cpu-b", gpus=1, gpu_type="L4")
+    create(deployment("chat-small", replicas=1, resources={"gpuTypes": ["H100"]}))
     reconcile("chat-small")
     age_lease("gpu-a")
     nodes.check_heartbeats()

@@ -94,8 +94,14 @@ def _converge(owner: Resource) -> None:
     usable = fleet.ready_node_names()
     workloads = owned_workloads(owner)
 
-    # Replicas on nodes that are gone or not ready are replaced elsewhere.
-    for workload in [w for w in workloads if w.node_name not in usable]:
+    # Replicas on nodes that are gone or not ready are replaced elsewhere, except in
+    # a full disruption: when no node at all is Ready, the likelier cause is our own
+    # outage (nobody's heartbeats got through), and moving everything would only
+    # restart every Workload. Replicas on deleted nodes are replaced regardless.
+    existing = fleet.node_names() if not usable else set()
+    for workload in [
+        w for w in workloads if w.node_name not in usable and (usable or w.node_name not in existing)
+    ]:
         events.record(
             owner,
             "Rescheduling",

@@ -1,0 +1,168 @@
+"""Power backends: how the agent applies the power limits the power-cap controllers ask for.
+
+``--power-backend off`` (the default) only observes; ``simulate`` keeps limits in
+memory, clamped as a real board would clamp them; ``nvml`` changes real GPUs'
+limits and so demands both root and an explicit ``confirm=True``. Changing a
+real GPU's power limit on a shared machine affects everyone on it (DESIGN §6):
+tests and benchmarks use ``simulate``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Protocol, runtime_checkable
+
+from agents.telemetry import default_limit, guarded, nvml, power_model
+
+BACKENDS = ("off", "simulate", "nvml")
+
+
+class PowerBackendError(RuntimeError):
+    """The backend cannot apply a limit (it is off, or the device is unknown)."""
+
+
+@runtime_checkable
+class PowerBackend(Protocol):
+    name: str
+
+    def set_limit(self, index: int, watts: float) -> float:
+        """Apply a power limit to one device; return the watts actually applied (after clamping)."""
+        ...
+
+    def limits(self) -> dict[int, float]:
+        """Each device's current power limit in watts, where known."""
+        ...
+
+
+def _finite(watts: float) -> float:
+    value = float(watts)
+    if not math.isfinite(value):
+        raise ValueError(f"power limit {watts!r} is not a finite number of watts")
+    return value
+
+
+class OffBackend:
+    """Observe only: reports limits, refuses to change them."""
+
+    name = "off"
+
+    def __init__(self, devices: list[dict[str, Any]]):
+        self.devices = devices
+
+    def set_limit(self, index: int, watts: float) -> float:
+        raise PowerBackendError(
+            f"cannot set device {index}'s power limit to {watts} W: the power backend is off "
+            "(observe only); start the agent with --power-backend simulate or nvml to apply limits"
+        )
+
+    def limits(self) -> dict[int, float]:
+        """Live NVML limits for real GPUs where NVML answers, else discovery's figures."""
+        module = nvml()
+        observed: dict[int, float] = {}
+        for device in self.devices:
+            index = int(device["index"])
+            live = None
+            if module is not None and not device.get("simulated") and device.get("type") != "CPU":
+                handle = guarded(module.nvmlDeviceGetHandleByIndex, index)
+                milliwatts = guarded(module.nvmlDeviceGetEnforcedPowerLimit, handle) if handle else None
+                live = milliwatts / 1000.0 if milliwatts is not None else None
+            if live is not None:
+                observed[index] = live
+            elif device.get("powerLimitW"):
+                observed[index] = float(device["powerLimitW"])
+        return observed
+
+
+class SimulatedBackend:
+    """Limits held in memory, clamped to each device's [min, max] constraint.
+
+    max is the type's default power limit (boards do not go above it by
+    default); min is ``PowerModel.min_limit_fraction`` of it, 0.3-0.5 depending
+    on the type, as NVML reports for real boards (an H100 SXM accepts 200-700 W).
+    """
+
+    name = "simulate"
+
+    def __init__(self, devices: list[dict[str, Any]]):
+        self.constraints: dict[int, tuple[float, float]] = {}
+        self._limits: dict[int, float] = {}
+        for device in devices:
+            if device.get("type") == "CPU":
+                continue
+            index = int(device["index"])
+            top = default_limit(device)
+            self.constraints[index] = (
+                round(top * power_model(device.get("type", "")).min_limit_fraction, 1),
+                top,
+            )
+            self._limits[index] = top
+
+    def set_limit(self, index: int, watts: float) -> float:
+        if index not in self.constraints:
+            raise PowerBackendError(
+                f"device {index} has no power limit to set; known devices: {sorted(self.constraints)}"
+            )
+        low, high = self.constraints[index]
+        applied = min(high, max(low, _finite(watts)))
+        self._limits[index] = applied
+        return applied
+
+    def limits(self) -> dict[int, float]:
+        return dict(self._limits)
+
+
+class NvmlBackend:
+    """Real power limits through NVML, clamped to the board's constraints.
+
+    Refuses to exist unless the agent runs as root *and* was asked explicitly
+    (``--power-backend nvml`` passes ``confirm=True``): either alone is too easy
+    to get by accident on a shared machine.
+    """
+
+    name = "nvml"
+
+    def __init__(self, devices: list[dict[str, Any]], confirm: bool = False):
+        self.devices = devices
+        self.confirm = confirm
+        self._check_allowed()
+
+    def _check_allowed(self) -> None:
+        missing = []
+        if not self.confirm:
+            missing.append("it was not confirmed (pass confirm=True / --power-backend nvml explicitly)")
+        if os.geteuid() != 0:
+            missing.append("the agent is not running as root (NVML refuses power changes otherwise)")
+        if missing:
+            raise PermissionError(
+                "the nvml power backend changes real GPUs' power limits, so it needs both root and "
+                "an explicit confirmation; here "
+                + " and ".join(missing)
+                + ". Use --power-backend simulate on shared machines."
+            )
+
+    def set_limit(self, index: int, watts: float) -> float:
+        self._check_allowed()
+        target = _finite(watts)
+        module = nvml()
+        if module is None:
+            raise PowerBackendError("NVML is not available on this machine (no driver or no nvidia-ml-py)")
+        handle = module.nvmlDeviceGetHandleByIndex(index)
+        low, high = module.nvmlDeviceGetPowerManagementLimitConstraints(handle)  # milliwatts
+        milliwatts = int(min(high, max(low, target * 1000.0)))
+        module.nvmlDeviceSetPowerManagementLimit(handle, milliwatts)
+        return milliwatts / 1000.0
+
+    def limits(self) -> dict[int, float]:
+        return OffBackend(self.devices).limits()
+
+
+def make_backend(name: str, devices: list[dict[str, Any]], confirm: bool = False) -> PowerBackend:
+    """The backend ``--power-backend NAME`` selects."""
+    if name == "off":
+        return OffBackend(devices)
+    if name == "simulate":
+        return SimulatedBackend(devices)
+    if name == "nvml":
+        return NvmlBackend(devices, confirm=confirm)
+    raise ValueError(f"unknown power backend {name!r}; use one of: {', '.join(BACKENDS)}")

@@ -1,0 +1,117 @@
+"""``python -m agents.runtimes.serve --config FILE --host H --port N [--device auto|cpu|cuda]``.
+
+The agent starts this as a Workload subprocess. It prints exactly one JSON line to stdout,
+``{"event": "ready", "url": ...}``, once it serves (the agent watches for it); everything
+else goes to stderr. SIGTERM (or SIGINT) stops the listener, gives in-flight requests a
+few seconds to finish, aborts the rest and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from agents.runtimes.model import build_model
+from agents.runtimes.serve.engine import Engine
+from agents.runtimes.serve.kvcache import PagedKVCache
+from agents.runtimes.serve.server import ServingHTTPServer
+
+log = logging.getLogger("flotilla.serve")
+# kvCacheBlocks wins over kvCacheBytes; with neither, the engine sizes the cache itself.
+CONFIG_KEYS = {"model", "kvCacheBlocks", "kvCacheBytes", "maxBatch", "drainSeconds", "name"}
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` is CUDA when available, else the CPU; ``cuda`` without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("--device cuda was asked for but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def load_config(path: str) -> dict[str, Any]:
+    try:
+        config = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SystemExit(f"cannot read --config {path}: {exc}") from None
+    if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
+        raise SystemExit(f"--config {path} must be a JSON object with a 'model' object")
+    unknown = set(config) - CONFIG_KEYS
+    if unknown:
+        raise SystemExit(f"--config {path}: unknown keys {sorted(unknown)}; known: {sorted(CONFIG_KEYS)}")
+    for key in ("kvCacheBlocks", "kvCacheBytes", "maxBatch"):
+        value = config.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise SystemExit(f"--config {path}: {key} must be a positive integer")
+    return config
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m agents.runtimes.serve", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--config", required=True, help="JSON: {model: {source, config}, kvCacheBlocks, maxBatch}"
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    config = load_config(args.config)
+    device = resolve_device(args.device)
+    try:
+        model, model_config = build_model(config["model"], device)
+    except ValueError as exc:
+        raise SystemExit(f"cannot build the model: {exc}") from None
+    kv_blocks = config.get("kvCacheBlocks")
+    if kv_blocks is None and config.get("kvCacheBytes"):
+        dtype = model_config.torch_dtype(device)
+        kv_blocks = PagedKVCache.blocks_for_budget(model_config, dtype, config["kvCacheBytes"])
+    engine = Engine(model, kv_blocks=kv_blocks, max_batch=config.get("maxBatch") or 32)
+    name = config.get("name") or config["model"].get("source", "builtin:tiny-llama")
+    server = ServingHTTPServer((args.host, args.port), engine, name)
+    engine.start()
+    log.info(
+        "serving %s on %s (%s, %s, %d KV blocks)", name, server.url, device, model_config.torch_dtype(device),
+        engine.cache.num_blocks,
+    )  # fmt: skip
+
+    stopping = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        if not stopping.is_set():
+            stopping.set()
+            log.info("signal %d: shutting down", signum)
+            threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    print(json.dumps({"event": "ready", "url": server.url}), flush=True)
+    try:
+        server.serve_forever(poll_interval=0.2)
+    finally:
+        engine.stop(drain_s=float(config.get("drainSeconds", 3.0)))
+        if not server.wait_idle(timeout=2.0):
+            log.warning("exiting with responses still being written")
+        server.server_close()
+    log.info("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,301 @@
+"""The per-Workload HTTP server: OpenAI-compatible completions and chat, health, metrics, stats.
+
+Stdlib ``ThreadingHTTPServer``: one thread per connection, all feeding the one engine.
+Every request body is validated before it reaches the engine, and every client mistake is
+a 4xx JSON error naming the field -- a 500 means a bug in this file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from agents.runtimes.serve.engine import Engine, EngineClosed
+from agents.runtimes.serve.request import Request
+from agents.runtimes.serve.sampling import SamplingParams
+
+log = logging.getLogger("flotilla.serve.server")
+MAX_BODY_BYTES = 1 << 20
+MAX_STOP_STRINGS = 4
+ROLES = ("system", "user", "assistant")
+
+
+class BadRequest(ValueError):
+    def __init__(self, message: str, field: str | None = None, status: int = 400):
+        super().__init__(message)
+        self.field, self.status = field, status
+
+
+def chat_prompt(messages: list[dict[str, str]]) -> str:
+    """The simple chat template: ``<|role|>\\ncontent\\n`` per message, then ``<|assistant|>\\n``."""
+    return "".join(f"<|{m['role']}|>\n{m['content']}\n" for m in messages) + "<|assistant|>\n"
+
+
+@dataclass
+class Parsed:
+    prompt: str
+    params: SamplingParams
+    stream: bool
+
+
+def _number(body: dict, name: str, default: float, low: float, high: float, low_open: bool = False) -> float:
+    value = body.get(name, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise BadRequest(f"{name} must be a number", name)
+    if value > high or value < low or (low_open and value == low):
+        raise BadRequest(f"{name} must be in {'(' if low_open else '['}{low}, {high}]", name)
+    return float(value)
+
+
+def parse_body(body: Any, chat: bool, max_tokens_limit: int) -> Parsed:
+    """Validate an OpenAI-style request body into a prompt and sampling parameters."""
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object")
+    if chat:
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise BadRequest("messages must be a non-empty list", "messages")
+        for i, m in enumerate(messages):
+            if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+                raise BadRequest(
+                    f"messages[{i}] must have role in {ROLES} and string content", f"messages[{i}]"
+                )
+        prompt = chat_prompt(messages)
+    else:
+        prompt = body.get("prompt")
+        if isinstance(prompt, list) and len(prompt) == 1:
+            prompt = prompt[0]
+        if not isinstance(prompt, str) or not prompt:
+            raise BadRequest("prompt must be a non-empty string", "prompt")
+    max_tokens = body.get("max_tokens", body.get("max_completion_tokens", 16))
+    if (
+        isinstance(max_tokens, bool)
+        or not isinstance(max_tokens, int)
+        or not 1 <= max_tokens <= max_tokens_limit
+    ):
+        raise BadRequest(f"max_tokens must be an integer in [1, {max_tokens_limit}]", "max_tokens")
+    temperature = _number(body, "temperature", 1.0, 0.0, 2.0)
+    top_p = _number(body, "top_p", 1.0, 0.0, 1.0, low_open=True)
+    stop = body.get("stop")
+    if stop is None:
+        stop = []
+    elif isinstance(stop, str):
+        stop = [stop]
+    if (
+        not isinstance(stop, list)
+        or len(stop) > MAX_STOP_STRINGS
+        or not all(isinstance(s, str) and s for s in stop)
+    ):
+        raise BadRequest(
+            f"stop must be a string or a list of up to {MAX_STOP_STRINGS} non-empty strings", "stop"
+        )
+    seed = body.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise BadRequest("seed must be a non-negative integer", "seed")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise BadRequest("stream must be a boolean", "stream")
+    n = body.get("n", 1)
+    if n != 1:
+        raise BadRequest("only n=1 is supported", "n")
+    params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed, stop=stop)
+    return Parsed(prompt, params, stream)
+
+
+class ServeHandler(BaseHTTPRequestHandler):
+    server: ServingHTTPServer
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's signature
+        log.debug("%s %s", self.address_string(), format % args)
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _send(self, status: int, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _json(self, status: int, data: Any) -> None:
+        self._send(status, json.dumps(data).encode(), "application/json")
+
+    def _error(self, status: int, message: str, field: str | None = None) -> None:
+        kind = "invalid_request_error" if status < 500 else "server_error"
+        self._json(status, {"error": {"message": message, "type": kind, "param": field, "code": None}})
+
+    def _read_json(self) -> Any:
+        length = self.headers.get("Content-Length")
+        if length is None or not length.isdigit():
+            raise BadRequest("a Content-Length header is required", status=411)
+        if int(length) > MAX_BODY_BYTES:
+            self.close_connection = True
+            self._discard(min(int(length), 8 * MAX_BODY_BYTES))  # so the client can read the answer
+            raise BadRequest(f"request body exceeds {MAX_BODY_BYTES} bytes", status=413)
+        raw = self.rfile.read(int(length))
+        try:
+            return json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise BadRequest(f"request body is not valid JSON: {exc}") from None
+
+    def _discard(self, remaining: int) -> None:
+        while remaining > 0:
+            chunk = self.rfile.read(min(remaining, 1 << 16))
+            if not chunk:
+                return
+            remaining -= len(chunk)
+
+    # -- routes -----------------------------------------------------------------------------
+
+    def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+        path = self.path.split("?", 1)[0]
+        engine = self.server.engine
+        if path == "/health":
+            self._json(200, {"status": "ok", "model": self.server.model_name})
+        elif path == "/metrics":
+            self._send(200, engine.metrics.prometheus(engine.gauges()).encode(), "text/plain; version=0.0.4")
+        elif path == "/stats":
+            self._json(200, {"model": self.server.model_name, **engine.stats()})
+        elif path == "/v1/models":
+            self._json(200, {"object": "list", "data": [{"id": self.server.model_name, "object": "model"}]})
+        else:
+            self._error(404, f"no route for GET {path}")
+
+    def do_POST(self) -> None:  # noqa: N802
+        with self.server.tracking():
+            self._post()
+
+    def _post(self) -> None:
+        path = self.path.split("?", 1)[0]
+        if path not in ("/v1/completions", "/v1/chat/completions"):
+            self._error(404, f"no route for POST {path}")
+            return
+        chat = path == "/v1/chat/completions"
+        engine = self.server.engine
+        try:
+            parsed = parse_body(self._read_json(), chat, engine.config.maxSeqLen - 1)
+            prompt_ids = engine.tokenizer.encode(parsed.prompt)
+            if len(prompt_ids) + 1 >= engine.config.maxSeqLen:
+                raise BadRequest(
+                    f"prompt is {len(prompt_ids)} tokens; the model's context is {engine.config.maxSeqLen}",
+                    "messages" if chat else "prompt",
+                )
+            try:
+                request = engine.submit(prompt_ids, parsed.params)
+            except ValueError as exc:
+                raise BadRequest(str(exc), "max_tokens") from None
+        except BadRequest as exc:
+            self._error(exc.status, str(exc), exc.field)
+            return
+        except EngineClosed:
+            self._error(503, "the server is shutting down")
+            return
+        if parsed.stream:
+            self._stream(request, chat)
+        else:
+            self._complete(request, chat)
+
+    def _envelope(self, chat: bool, rid: str) -> dict[str, Any]:
+        kind = "chat.completion" if chat else "text_completion"
+        return {"id": rid, "object": kind, "created": int(time.time()), "model": self.server.model_name}
+
+    def _complete(self, request: Request, chat: bool) -> None:
+        result = request.result()
+        rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+        reason = "length" if result.finish_reason == "length" else "stop"
+        if chat:
+            choice = {
+                "index": 0,
+                "message": {"role": "assistant", "content": result.text},
+                "finish_reason": reason,
+            }
+        else:
+            choice = {"index": 0, "text": result.text, "logprobs": None, "finish_reason": reason}
+        usage = {
+            "prompt_tokens": result.prompt_tokens,
+            "completion_tokens": len(result.token_ids),
+            "total_tokens": result.prompt_tokens + len(result.token_ids),
+        }
+        self._json(200, {**self._envelope(chat, rid), "choices": [choice], "usage": usage})
+
+    def _stream(self, request: Request, chat: bool) -> None:
+        """Server-sent events: one ``data: {...}`` chunk per delta, a final chunk, ``data: [DONE]``."""
+        rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+        envelope = self._envelope(chat, rid)
+        if chat:
+            envelope["object"] = "chat.completion.chunk"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+
+        def chunk(delta: str | None, reason: str | None, first: bool = False) -> bytes:
+            if chat:
+                content: dict[str, str] = {"role": "assistant"} if first else {}
+                if delta:
+                    content["content"] = delta
+                choice = {"index": 0, "delta": content, "finish_reason": reason}
+            else:
+                choice = {"index": 0, "text": delta or "", "logprobs": None, "finish_reason": reason}
+            return b"data: " + json.dumps({**envelope, "choices": [choice]}).encode() + b"\n\n"
+
+        try:
+            if chat:
+                self.wfile.write(chunk(None, None, first=True))
+            for delta in request.stream():
+                self.wfile.write(chunk(delta, None))
+                self.wfile.flush()
+            reason = "length" if request.finish_reason == "length" else "stop"
+            self.wfile.write(chunk(None, reason) + b"data: [DONE]\n\n")
+            self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            request.cancel()
+
+
+class ServingHTTPServer(ThreadingHTTPServer):
+    """A ThreadingHTTPServer that knows its engine and model name."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], engine: Engine, model_name: str):
+        super().__init__(address, ServeHandler)
+        self.engine = engine
+        self.model_name = model_name
+        self._inflight = 0
+        self._idle = threading.Condition()
+
+    @contextlib.contextmanager
+    def tracking(self) -> Iterator[None]:
+        """Count a POST as in flight, so shutdown can wait for its response to be written."""
+        with self._idle:
+            self._inflight += 1
+        try:
+            yield
+        finally:
+            with self._idle:
+                self._inflight -= 1
+                self._idle.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no POST is in flight; False if some still are after ``timeout``."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._inflight == 0, timeout)
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host}:{port}"

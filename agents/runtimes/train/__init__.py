@@ -1,0 +1,8 @@
+"""The basic torch training runtime a TrainingJob's Workload runs (``python -m agents.runtimes.train``).
+
+It trains the shared transformer family (``agents.runtimes.model``) on built-in synthetic
+tokens or a local token file and reports progress as JSON lines on stdout; see
+:mod:`agents.runtimes.train.progress` for the protocol and exit codes. Checkpointing comes with
+the checkpointer issue: until then a ``checkpoint`` section is validated and ignored with a
+warning event.
+"""

@@ -1,0 +1,179 @@
+"""End to end with a real agent running real Workloads: the torch serving runtime on
+the CPU (tiny model), behind a control plane of real processes. Simulated devices
+stand in for GPUs; the runtimes themselves are real and answer over HTTP.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import httpx
+import pytest
+import yaml
+
+from controlplane.client import Client, ClientError
+from tests.conftest import deployment
+from tests.e2e import condition, running_stack, wait_for
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+TINY = {"layers": 2, "hidden": 64, "heads": 2, "kvHeads": 1, "intermediate": 128, "maxSeqLen": 128}
+
+
+def tiny(name: str, replicas: int = 1) -> dict:
+    doc = deployment(name, replicas=replicas)
+    doc["spec"]["model"] = {"source": "builtin:tiny-llama", "config": TINY}
+    return doc
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    with running_stack(tmp_path_factory.mktemp("agent-stack")) as running:
+        running.start_agent("cpu-a", "4xL4", run_workloads=True)
+        wait_for(lambda: running.node_ready("cpu-a"), what="agent registered")
+        yield running
+
+
+def ready(live, name):
+    document = live.client.get("deployments", name)
+    return (
+        document if condition(document, "Ready") == "True" and document["status"].get("endpoints") else None
+    )
+
+
+def workload(live, owner):
+    items = live.client.list("workloads", labelSelector=f"flotilla.dev/owner={owner}")["items"]
+    return items[0] if items else None
+
+
+def complete(url: str, prompt: str = "Hello") -> dict:
+    response = httpx.post(f"{url}/v1/completions", json={"prompt": prompt, "max_tokens": 8}, timeout=30)
+    response.raise_for_status()
+    return response.json()
+
+
+def test_a_deployment_is_served_over_http_once_ready(live):
+    live.client.apply(yaml.safe_dump(tiny("served")))
+    document = wait_for(lambda: ready(live, "served"), timeout=90, what="Ready=True with an endpoint")
+    (url,) = document["status"]["endpoints"]
+    result = complete(url)
+    assert result["usage"]["completion_tokens"] == 8
+    assert isinstance(result["choices"][0]["text"], str)
+    wl = workload(live, "served")
+    assert wl["status"]["phase"] == "Running" and wl["status"]["endpoint"] == url
+
+
+def test_the_workload_logs_reach_the_control_plane(live):
+    wait_for(lambda: ready(live, "served"), timeout=90, what="served ready")
+    name = workload(live, "served")["metadata"]["name"]
+
+    def logged():
+        out = live.cli("logs", f"workload/{name}")
+        return out.returncode == 0 and "serving builtin:tiny-llama" in out.stdout
+
+    wait_for(logged, timeout=20, what="the runtime's log in flotilla logs")
+
+
+def test_a_killed_workload_process_is_restarted_and_the_crash_reported(live):
+    wait_for(lambda: ready(live, "served"), timeout=90, what="served ready")
+    name = workload(live, "served")["metadata"]["name"]
+    config = live.stack.home / "agent" / "cpu-a" / f"{name}.json"
+    found = subprocess.run(
+        ["pgrep", "-f", f"agents.runtimes.serve.*{config}"], capture_output=True, text=True, check=False
+    )
+    pid = int(found.stdout.split()[0])
+    os.kill(pid, signal.SIGKILL)
+
+    def crashed_and_back():
+        status = workload(live, "served")["status"]
+        running_again = status.get("phase") == "Running" and condition({"status": status}, "Ready") == "True"
+        return status.get("restarts", 0) >= 1 and status.get("lastExitCode") == -9 and running_again
+
+    status = (
+        wait_for(crashed_and_back, timeout=90, what="restart after the crash")
+        and workload(live, "served")["status"]
+    )
+    assert status["lastLog"], "the last lines of the log are reported"
+    document = wait_for(lambda: ready(live, "served"), timeout=30, what="served again")
+    complete(document["status"]["endpoints"][0])
+
+
+def test_an_agent_killed_and_restarted_keeps_its_node_and_recovers_its_workloads(live):
+    wait_for(lambda: ready(live, "served"), timeout=90, what="served ready")
+    uid = live.client.get("nodes", "cpu-a")["metadata"]["uid"]
+    live.stack.kill("agent-cpu-a", signal.SIGKILL)  # its Workloads die with it (PDEATHSIG)
+    live.start_agent("cpu-a", "4xL4", run_workloads=True)
+    time.sleep(2)
+    document = wait_for(lambda: ready(live, "served"), timeout=120, what="served again after the restart")
+    assert live.client.get("nodes", "cpu-a")["metadata"]["uid"] == uid
+    complete(document["status"]["endpoints"][0])
+
+
+def test_a_control_plane_restart_loses_nothing_and_the_agent_reconnects(live):
+    wait_for(lambda: ready(live, "served"), timeout=90, what="served ready")
+    url = live.client.get("deployments", "served")["status"]["endpoints"][0]
+    live.stack.kill("web", signal.SIGTERM)
+    complete(url)  # the Workload keeps serving while the control plane is away
+    live.stack.start_web()
+    live.stack.wait_ready()
+    assert live.client.get("deployments", "served")["status"]["endpoints"] == [url]
+    live.client.apply(yaml.safe_dump(tiny("after-restart")))
+    wait_for(lambda: ready(live, "after-restart"), timeout=120, what="a new deployment served after restart")
+
+
+def test_the_node_token_kept_by_the_agent_cannot_reach_other_nodes(live):
+    token = (live.stack.home / "agent" / "cpu-a" / "node-token").read_text().strip()
+    node = Client(live.stack.url, token)
+    assert node.get("nodes", "cpu-a")["metadata"]["name"] == "cpu-a"
+    for call in (
+        lambda: node.get("nodes", "gpu-elsewhere"),
+        lambda: node.list("deployments"),
+        lambda: node.request("POST", "/api/v1/agent/heartbeat", json={"name": "gpu-elsewhere"}),
+    ):
+        with pytest.raises(ClientError) as caught:
+            call()
+        assert caught.value.status == 403
+
+
+def test_a_training_job_runs_to_succeeded_and_reports_progress(live):
+    job = {
+        "apiVersion": "flotilla.dev/v1",
+        "kind": "TrainingJob",
+        "metadata": {"name": "tiny-train"},
+        "spec": {
+            "model": {"source": "builtin:tiny-llama", "config": {**TINY, "maxSeqLen": 64}},
+            "data": {"source": "builtin:synthetic"},
+            "steps": 20,
+            "batchSize": 4,
+        },
+    }
+    live.client.apply(yaml.safe_dump(job))
+
+    def succeeded():
+        document = live.client.get("trainingjobs", "tiny-train")
+        return document if condition(document, "Succeeded") == "True" else None
+
+    document = wait_for(succeeded, timeout=180, what="Succeeded")
+    assert document["status"]["progress"]["step"] == 20
+    assert workload(live, "tiny-train") is None, "a finished job releases its GPUs"
+    reasons = [e["reason"] for e in live.client.events("trainingjobs", "tiny-train")["items"]]
+    assert "CheckpointingNotAvailable" in reasons
+
+
+def test_heartbeat_telemetry_is_stored_and_served(live):
+    wait_for(lambda: ready(live, "served"), timeout=90, what="served ready")
+
+    def sampled():
+        items = live.client.request("GET", "/api/v1/nodes/cpu-a/telemetry", params={"resolution": "raw"})[
+            "items"
+        ]
+        return items if items and any(item.get("workloads") for item in items) else None
+
+    items = wait_for(sampled, timeout=30, what="telemetry with workload metrics")
+    latest = items[-1]
+    devices = latest.get("devices", [])
+    assert {d["index"] for d in devices} == {0, 1, 2, 3}
+    busy = [d for d in devices if (d.get("utilization") or 0) > 0]
+    assert busy, "the simulated GPU running a Workload reports load"
