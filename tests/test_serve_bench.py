@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from agents.runtimes.serve.bench import add_parser, format_table
+from agents.runtimes.serve.bench import format_table
+from agents.runtimes.serve.bench_cli import add_parser
 
 TINY = '{"layers": 1, "hidden": 64, "intermediate": 128, "maxSeqLen": 64}'
 

@@ -58,7 +58,7 @@ def add_bench_parser(sub: Any) -> None:
     apply.add_argument("--json", dest="json_path", help="also write the JSON result here")
     apply.set_defaults(handler=run_apply_bench)
 
-    from agents.runtimes.serve.bench import add_parser as add_serve_bench
+    from agents.runtimes.serve.bench_cli import add_parser as add_serve_bench
 
     add_serve_bench(benches)
 

@@ -196,18 +196,6 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in rows)
 
 
-def _levels(text: str) -> tuple[int, ...]:
-    try:
-        levels = tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"--concurrency must be integers separated by commas, got {text!r}"
-        ) from None
-    if not levels or min(levels) < 1:
-        raise argparse.ArgumentTypeError("--concurrency levels must be >= 1")
-    return levels
-
-
 def handle(args: argparse.Namespace) -> int:
     model_spec = {"source": args.model_source, "config": json.loads(args.model_config or "{}")}
     report = run_bench(
@@ -221,22 +209,3 @@ def handle(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).write_text(text + "\n")
     return 0
-
-
-def add_parser(benches: Any) -> argparse.ArgumentParser:
-    """Add ``serve`` to the ``flotilla bench`` sub-commands."""
-    parser = benches.add_parser(
-        "serve",
-        help="continuous-batching engine vs one-at-a-time baseline",
-        description=__doc__.splitlines()[0],
-    )
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--concurrency", type=_levels, default=(1, 8, 32), help="levels, e.g. 1,8,32")
-    parser.add_argument("--requests", type=int, default=32, help="requests per level and server")
-    parser.add_argument("--prompt-tokens", type=int, default=32)
-    parser.add_argument("--max-tokens", type=int, default=32)
-    parser.add_argument("--model-source", default="builtin:tiny-llama")
-    parser.add_argument("--model-config", default=None, help="JSON overrides, e.g. '{\"layers\": 2}'")
-    parser.add_argument("--json", default=None, metavar="PATH", help="also write the JSON report here")
-    parser.set_defaults(handler=handle)
-    return parser
