@@ -162,6 +162,8 @@ FLOTILLA_RESYNC_SECONDS = envfloat("FLOTILLA_RESYNC_SECONDS", 60.0, minimum=0.5)
 FLOTILLA_RECONCILE_LOCK_SECONDS = envfloat("FLOTILLA_RECONCILE_LOCK_SECONDS", 30.0, minimum=1.0)
 FLOTILLA_WATCH_RETENTION = envint("FLOTILLA_WATCH_RETENTION", 100_000, minimum=100)
 FLOTILLA_WATCH_MAX_SECONDS = envint("FLOTILLA_WATCH_MAX_SECONDS", 60, minimum=1)
+# One change-log reader per web process wakes all long-polls (see controlplane.watch_hub).
+FLOTILLA_WATCH_HUB = envbool("FLOTILLA_WATCH_HUB", True)
 FLOTILLA_LOG_BYTES = envint("FLOTILLA_LOG_BYTES", 1024 * 1024, minimum=4096)
 
 # Plugins: FLOTILLA_PLUGINS restricts which plugins load (names, comma separated);

@@ -12,11 +12,14 @@ import time
 from typing import Any
 
 from django.conf import settings
+from django.db.models import Max
 
 from controlplane.errors import Gone
 from controlplane.models import Change, Counter
+from controlplane.watch_hub import hub
 
 POLL_SECONDS = 0.2
+LIMIT = 500
 PRUNED_COUNTER = "watch_pruned_below"
 
 
@@ -28,15 +31,24 @@ def pruned_below() -> int:
     return Counter.objects.filter(name=PRUNED_COUNTER).values_list("value", flat=True).first() or 0
 
 
+def latest_change() -> int:
+    return Change.objects.aggregate(top=Max("id"))["top"] or 0
+
+
 def changes_after(
-    kind: str, since: int, selector: dict[str, str], node_name: str | None, limit: int = 500
+    kind: str, since: int, selector: dict[str, str], node_name: str | None, limit: int = LIMIT
 ) -> tuple[list[Change], int]:
-    """Matching changes after ``since``, and the last version looked at."""
-    queryset = Change.objects.filter(kind=kind, id__gt=since).order_by("id")
+    """Matching changes after ``since``, and how far the log was looked through.
+
+    The top of the log is read first: everything up to it is committed, so when
+    nothing matches, the caller has seen up to there (not just up to ``since``).
+    """
+    top = latest_change()
+    queryset = Change.objects.filter(kind=kind, id__gt=since, id__lte=top).order_by("id")
     if node_name is not None:
         queryset = queryset.filter(node_name=node_name)
     rows = list(queryset[:limit])
-    seen = rows[-1].id if rows else since
+    seen = rows[-1].id if len(rows) == limit else max(since, top)
     if selector:
         rows = [
             r
@@ -71,13 +83,20 @@ def wait(
     while True:
         rows, since = changes_after(kind, since, selector, node_name)
         if rows:
-            return {
-                "events": [{"type": r.type, "object": r.object} for r in rows],
-                "resourceVersion": str(rows[-1].id),
-            }
+            return _answer(rows, rows[-1].id)
+        if settings.FLOTILLA_WATCH_HUB:
+            # Caught up with the database: wait in memory with every other watcher.
+            waited = hub.wait(kind, since, max(0.0, deadline - time.monotonic()), selector, node_name, LIMIT)
+            if waited is not None:
+                found, since = waited
+                return _answer(found, since)
         if time.monotonic() >= deadline:
             return {"events": [], "resourceVersion": str(max(since, current_version()))}
         time.sleep(POLL_SECONDS)
+
+
+def _answer(rows: list[Any], version: int) -> dict[str, Any]:
+    return {"events": [{"type": r.type, "object": r.object} for r in rows], "resourceVersion": str(version)}
 
 
 def prune() -> int:
