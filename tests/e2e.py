@@ -9,7 +9,6 @@ broker) in a temporary FLOTILLA_HOME.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,16 +18,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from controlplane.cli.stack import Stack, backend_env
+from controlplane.cli.stack import Stack, backend_env, free_port
 from controlplane.client import Client, ClientError
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def backend_label() -> str:

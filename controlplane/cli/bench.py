@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 
 from controlplane.cli.output import table
-from controlplane.cli.stack import Stack, backend_env
+from controlplane.cli.stack import Stack, backend_env, free_port
 from controlplane.client import Client, ClientError
 
 GPU_MEMORY_MIB = 81559
@@ -61,6 +61,10 @@ def add_bench_parser(sub: Any) -> None:
     from agents.runtimes.serve.bench_cli import add_parser as add_serve_bench
 
     add_serve_bench(benches)
+
+    from controlplane.cli.bench_agents import add_parser as add_agents_bench
+
+    add_agents_bench(benches)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -136,7 +140,7 @@ def watch_scheduled(client: Client, since: str, want: int, deadline: float, seen
 def bench_backend(label: str, env: dict[str, str], args: argparse.Namespace) -> dict[str, Any]:
     nodes = args.nodes or -(-args.deployments // args.gpus_per_node)
     with tempfile.TemporaryDirectory(prefix=f"flotilla-bench-{label}-") as home:
-        stack = Stack(home=Path(home), port=_free_port(), env={**env, "FLOTILLA_LOAD_ENTRYPOINTS": "false"})
+        stack = Stack(home=Path(home), port=free_port(), env={**env, "FLOTILLA_LOAD_ENTRYPOINTS": "false"})
         print(f"[{label}] starting web server, worker and beat ...", file=sys.stderr)
         stack.start()
         try:
@@ -206,14 +210,6 @@ def bench_backend(label: str, env: dict[str, str], args: argparse.Namespace) -> 
             }
         finally:
             stack.stop()
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def run_apply_bench(args: argparse.Namespace) -> int:

@@ -25,6 +25,14 @@ from psycopg import sql
 PYTHON = sys.executable
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 @dataclass
 class Stack:
     home: Path
