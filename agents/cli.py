@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import Any
 
@@ -19,7 +20,13 @@ def parse_labels(text: str | None) -> dict[str, str]:
     return labels
 
 
-def configure(parser: argparse.ArgumentParser) -> None:
+def configure(parser: argparse.ArgumentParser, global_flags: bool = False) -> None:
+    if global_flags:
+        # Also accepted after the sub-command: `flotilla agent --server … --token …`.
+        parser.add_argument("--server", default=argparse.SUPPRESS, help="control plane URL")
+        parser.add_argument(
+            "--token", default=argparse.SUPPRESS, help="bootstrap token (default: FLOTILLA_TOKEN)"
+        )
     parser.add_argument("--name", help="node name (default: the host name)")
     parser.add_argument("--cluster", help="Cluster this node joins")
     parser.add_argument("--labels", help="node labels, k=v[,k=v]")
@@ -55,7 +62,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def add_agent_parser(sub: Any) -> None:
     parser = sub.add_parser("agent", help="run the node agent on this machine")
-    configure(parser)
+    configure(parser, global_flags=True)
     parser.set_defaults(handler=run)
 
 
@@ -66,8 +73,8 @@ def run(args: argparse.Namespace) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per heartbeat is noise
     try:
         agent = build(
-            args.server,
-            args.token,
+            args.server or os.environ.get("FLOTILLA_SERVER"),
+            args.token or os.environ.get("FLOTILLA_TOKEN"),
             args.name,
             args.cluster,
             parse_labels(args.labels),

@@ -67,24 +67,40 @@ def _nvml_devices() -> list[dict[str, Any]]:
             name = name.decode() if isinstance(name, bytes) else name
             uuid = pynvml.nvmlDeviceGetUUID(handle)
             memory = pynvml.nvmlDeviceGetMemoryInfo(handle).total // (1024 * 1024)
-            try:
-                limit = pynvml.nvmlDeviceGetPowerManagementLimit(handle) // 1000
-            except pynvml.NVMLError:
-                limit = None
-            devices.append(
-                {
-                    "index": index,
-                    "type": gpu_type_of(name, memory),
-                    "name": name,
-                    "uuid": uuid.decode() if isinstance(uuid, bytes) else uuid,
-                    "memoryMiB": int(memory),
-                    "powerLimitW": limit,
-                    "healthy": True,
-                }
-            )
+            device = {
+                "index": index,
+                "type": gpu_type_of(name, memory),
+                "name": name,
+                "uuid": uuid.decode() if isinstance(uuid, bytes) else uuid,
+                "memoryMiB": int(memory),
+                "healthy": True,
+            }
+            device.update(_nvml_optional(pynvml, handle))
+            devices.append(device)
     finally:
         pynvml.nvmlShutdown()
     return devices
+
+
+def _nvml_optional(pynvml: Any, handle: Any) -> dict[str, Any]:
+    """Power limit with its min/max constraints and the maximum clocks; each read is
+    guarded, since boards and drivers leave some unsupported."""
+    found: dict[str, Any] = {}
+    readings = {
+        "powerLimitW": lambda: pynvml.nvmlDeviceGetPowerManagementLimit(handle) / 1000,
+        "powerLimitRangeW": lambda: [
+            value / 1000 for value in pynvml.nvmlDeviceGetPowerManagementLimitConstraints(handle)
+        ],
+        "defaultPowerLimitW": lambda: pynvml.nvmlDeviceGetPowerManagementDefaultLimit(handle) / 1000,
+        "maxSmClockMHz": lambda: pynvml.nvmlDeviceGetMaxClockInfo(handle, pynvml.NVML_CLOCK_SM),
+        "maxMemoryClockMHz": lambda: pynvml.nvmlDeviceGetMaxClockInfo(handle, pynvml.NVML_CLOCK_MEM),
+    }
+    for key, read in readings.items():
+        try:
+            found[key] = read()
+        except pynvml.NVMLError:
+            continue
+    return found
 
 
 def _torch_devices() -> list[dict[str, Any]]:

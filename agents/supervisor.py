@@ -61,7 +61,7 @@ class Managed:
     port: int | None = None
     restarts: int = 0
     next_start: float = 0.0
-    phase: str = "Pending"  # Pending | Starting | Running | Succeeded | Failed | BackOff
+    phase: str = "Pending"  # Pending | Starting | Running | Succeeded | Failed | BackOff | Stopped
     ready: bool = False
     endpoint: str | None = None
     last_exit: int | None = None
@@ -118,7 +118,11 @@ class Supervisor:
                 self.stop(name)  # the spec changed: run the new one
                 current = None
             if current is None:
-                self.workloads[name] = Managed(name, document, self.logs_dir / f"{name}.log")
+                managed = Managed(name, document, self.logs_dir / f"{name}.log")
+                # A restarted agent appends to the same file: what is there was shipped before.
+                if managed.log_path.exists():
+                    managed.read_offset = managed.shipped_offset = managed.log_path.stat().st_size
+                self.workloads[name] = managed
             else:
                 current.document = document
 
@@ -190,6 +194,10 @@ class Supervisor:
             except subprocess.TimeoutExpired:
                 os.killpg(managed.process.pid, signal.SIGKILL)
                 managed.process.wait()
+            self._read_events(managed)
+            managed.last_exit = managed.process.returncode
+            managed.process, managed.ready, managed.endpoint = None, False, None
+            managed.phase, managed.message = "Stopped", "stopped: the agent is draining"
 
     # --- the periodic pass ---------------------------------------------------------
 
@@ -294,7 +302,8 @@ class Supervisor:
         elif ready:
             reason = "Serving" if managed.runtime == "serve" else "Training"
         else:
-            reason = {"BackOff": "CrashLoopBackOff", "Failed": "Failed"}.get(managed.phase, "Starting")
+            reasons = {"BackOff": "CrashLoopBackOff", "Failed": "Failed", "Stopped": "Stopped"}
+            reason = reasons.get(managed.phase, "Starting")
         status: dict[str, Any] = {
             "phase": managed.phase,
             "observedGeneration": managed.generation,

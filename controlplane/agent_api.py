@@ -128,8 +128,14 @@ def heartbeat_view(request: HttpRequest) -> dict[str, Any]:
             [{"field": "name", "fix": "register first and heartbeat with the node token it returns"}],
         )
     devices = _devices(body["devices"]) if body.get("devices") is not None else None
-    with transaction.atomic():
-        node = nodes.heartbeat(name, devices)
-        if body.get("telemetry") is not None:
-            telemetry_store.record(name, body["telemetry"])
-    return {"resourceVersion": str(node.resource_version), "at": time.time()}
+    node = nodes.heartbeat(name, devices)
+    answer: dict[str, Any] = {"resourceVersion": str(node.resource_version), "at": time.time()}
+    if body.get("telemetry") is not None:
+        # The heartbeat counts even when its telemetry is refused: a telemetry bug on
+        # a node must not make a live node look dead.
+        try:
+            with transaction.atomic():
+                telemetry_store.record(name, body["telemetry"])
+        except Invalid as exc:
+            answer["telemetryRejected"] = exc.body()["error"]
+    return answer

@@ -274,6 +274,42 @@ def document() -> dict[str, Any]:
                 "responses": {"200": _ok({"type": "object"}), **ERRORS},
             }
         },
+        "/api/v1/workloads/{name}/logs": {
+            "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "get": {
+                "summary": "A Workload's output: chunks after `since`; `follow=true` long-polls",
+                "parameters": [
+                    {"name": "since", "in": "query", "schema": {"type": "integer"}},
+                    {"name": "follow", "in": "query", "schema": {"type": "boolean"}},
+                    {"name": "timeoutSeconds", "in": "query", "schema": {"type": "integer"}},
+                ],
+                "responses": {"200": _ok({"type": "object"}), **ERRORS},
+            },
+            "post": {
+                "summary": "Agent protocol: append output of a Workload on the caller's node",
+                "responses": {"200": _ok({"type": "object"}), **ERRORS},
+            },
+        },
+        "/api/v1/nodes/{name}/telemetry": {
+            "get": {
+                "summary": "A node's telemetry: raw samples or minute averages over a time range",
+                "parameters": [
+                    {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},
+                    {"name": "since", "in": "query", "schema": {"type": "string"}},
+                    {"name": "until", "in": "query", "schema": {"type": "string"}},
+                    {"name": "resolution", "in": "query", "schema": {"enum": ["raw", "minute", "auto"]}},
+                    {"name": "device", "in": "query", "schema": {"type": "integer"}},
+                ],
+                "responses": {"200": _ok({"type": "object"}), "422": _ok(_ref("Error"), "Invalid"), **ERRORS},
+            }
+        },
+        "/api/v1/telemetry/latest": {
+            "get": {
+                "summary": "The latest sample of each node, and their total power draw",
+                "parameters": [{"name": "nodes", "in": "query", "schema": {"type": "string"}}],
+                "responses": {"200": _ok({"type": "object"}), **ERRORS},
+            }
+        },
         "/api/v1/agent/register": {
             "post": {
                 "summary": "Agent protocol: register a node and its devices",

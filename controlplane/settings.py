@@ -97,6 +97,15 @@ def _databases() -> dict:
             raise ConfigError(f"DATABASE_URL is not a database URL Flotilla knows: {exc}") from exc
         if db["ENGINE"].endswith("sqlite3"):
             db["OPTIONS"] = _sqlite_options()
+        elif db["ENGINE"].endswith("postgresql"):
+            # A bounded pool per process, not a connection per thread: the web server
+            # runs a thread per held long-poll, far more than PostgreSQL's connection limit.
+            db["CONN_MAX_AGE"] = 0
+            db.setdefault("OPTIONS", {})["pool"] = {
+                "min_size": envint("DB_POOL_MIN_SIZE", 2, minimum=0),
+                "max_size": envint("DB_POOL_MAX_SIZE", 16, minimum=1),
+                "timeout": envfloat("DB_POOL_TIMEOUT", 30.0, minimum=1.0),
+            }
     else:
         db = {
             "ENGINE": "django.db.backends.sqlite3",

@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from django.conf import settings
+from django.db import connection
 from django.db.models import Max
 
 from controlplane.errors import Gone
@@ -85,7 +86,9 @@ def wait(
         if rows:
             return _answer(rows, rows[-1].id)
         if settings.FLOTILLA_WATCH_HUB:
-            # Caught up with the database: wait in memory with every other watcher.
+            # Caught up with the database: wait in memory with every other watcher,
+            # giving the database connection back first (to the pool, under PostgreSQL).
+            connection.close()
             waited = hub.wait(kind, since, max(0.0, deadline - time.monotonic()), selector, node_name, LIMIT)
             if waited is not None:
                 found, since = waited

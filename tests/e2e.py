@@ -62,7 +62,12 @@ class RunningStack:
         self.agents: dict[str, subprocess.Popen] = {}
 
     def start_agent(
-        self, name: str, simulate: str = "4xH100", cluster: str | None = None, run_workloads: bool = False
+        self,
+        name: str,
+        simulate: str = "4xH100",
+        cluster: str | None = None,
+        run_workloads: bool = False,
+        labels: str | None = None,
     ) -> None:
         argv = [
             sys.executable,
@@ -83,6 +88,8 @@ class RunningStack:
             argv += ["--cluster", cluster]
         if not run_workloads:
             argv.append("--simulate-workloads")
+        if labels:
+            argv += ["--labels", labels]
         self.agents[name] = self.stack.spawn(f"agent-{name}", argv)
 
     def stop_agent(self, name: str) -> None:

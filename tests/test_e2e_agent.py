@@ -177,3 +177,21 @@ def test_heartbeat_telemetry_is_stored_and_served(live):
     assert {d["index"] for d in devices} == {0, 1, 2, 3}
     busy = [d for d in devices if (d.get("utilization") or 0) > 0]
     assert busy, "the simulated GPU running a Workload reports load"
+
+
+def test_sigterm_drains_the_agent_stops_its_workloads_and_exits_cleanly(live):
+    live.start_agent("cpu-drain", "1xL4", run_workloads=True, labels="pool=drain")
+    wait_for(lambda: live.node_ready("cpu-drain"), what="cpu-drain registered")
+    doc = tiny("drained")
+    doc["spec"]["resources"] = {"gpusPerReplica": 1, "nodeSelector": {"pool": "drain"}}
+    live.client.apply(yaml.safe_dump(doc))
+    wait_for(lambda: ready(live, "drained"), timeout=90, what="drained served")
+    name = workload(live, "drained")["metadata"]["name"]
+    config = live.stack.home / "agent" / "cpu-drain" / f"{name}.json"
+    assert subprocess.run(["pgrep", "-f", f"agents.runtimes.serve.*{config}"], check=False).returncode == 0
+    agent = live.agents.pop("cpu-drain")
+    agent.send_signal(signal.SIGTERM)
+    assert agent.wait(timeout=45) == 0, "the agent exits cleanly after draining"
+    assert subprocess.run(["pgrep", "-f", f"agents.runtimes.serve.*{config}"], check=False).returncode == 1
+    status = workload(live, "drained")["status"]
+    assert status["phase"] == "Stopped" and condition({"status": status}, "Ready") == "False"

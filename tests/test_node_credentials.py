@@ -110,3 +110,12 @@ def test_a_bootstrap_token_cannot_take_over_a_live_node_but_can_recover_a_silent
     nodes.check_heartbeats()
     recovered = register(bootstrap, "gpu-a")
     assert recovered["node"]["metadata"]["uid"] == first["node"]["metadata"]["uid"]
+
+
+def test_a_heartbeat_with_bad_telemetry_still_counts(bootstrap):
+    node = Api(register(bootstrap, "gpu-a")["token"])
+    NodeLease.objects.filter(node_name="gpu-a").update(renewed_at=now() - timedelta(minutes=5))
+    response = node.post("/agent/heartbeat", {"name": "gpu-a", "telemetry": {"devices": [{"index": -1}]}})
+    assert response.status_code == 200
+    assert response.json()["telemetryRejected"]["code"] == "Invalid"
+    assert NodeLease.objects.get(node_name="gpu-a").renewed_at > now() - timedelta(seconds=30)

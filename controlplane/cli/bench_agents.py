@@ -175,10 +175,13 @@ async def probe_workloads(
     response = await client.post("/api/v1/apply", content=yaml.safe_dump_all(docs), headers=headers)
     response.raise_for_status()
     deadline = time.monotonic() + timeout
+    last = ""
     while time.monotonic() < deadline:
-        listing = await client.get(
-            "/api/v1/workloads", headers={"Authorization": f"Bearer {token}"}, params={"labelSelector": ""}
-        )
+        listing = await client.get("/api/v1/workloads", headers={"Authorization": f"Bearer {token}"})
+        if listing.status_code != 200:
+            last = f"HTTP {listing.status_code}: {listing.text[:200]}"
+            await asyncio.sleep(1.0)
+            continue
         names = [
             w["metadata"]["name"]
             for w in listing.json()["items"]
@@ -187,7 +190,7 @@ async def probe_workloads(
         if len(names) >= count:
             return names
         await asyncio.sleep(1.0)
-    raise RuntimeError(f"only some probe Workloads were placed within {timeout:.0f}s")
+    raise RuntimeError(f"only some probe Workloads were placed within {timeout:.0f}s; last answer: {last}")
 
 
 async def drive(stack: Stack, token: str, args: argparse.Namespace, label: str) -> dict[str, Any]:
@@ -207,21 +210,23 @@ async def drive(stack: Stack, token: str, args: argparse.Namespace, label: str) 
         )
         tasks = [asyncio.create_task(fleet.heartbeat_loop(client, n)) for n in fleet.tokens]
         tasks += [asyncio.create_task(fleet.watch_loop(client, n)) for n in fleet.tokens]
-        probes = await probe_workloads(client, token, min(args.probes, args.agents))
-        tasks.append(asyncio.create_task(fleet.probe_loop(client, probes)))
-        await asyncio.sleep(min(10.0, args.interval * 2))  # every agent heartbeating and watching
-        pids = [p.pid for p in stack.processes.values()]
-        cpu_before, measured_from = cpu_seconds(pids), time.monotonic()
-        fleet.measuring = True
-        print(f"[{label}] measuring for {args.duration:.0f}s ...", file=sys.stderr)
-        await asyncio.sleep(args.duration)
-        fleet.measuring = False
-        window = time.monotonic() - measured_from
-        cpu = cpu_seconds(pids) - cpu_before
-        fleet.stop.set()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        try:
+            probes = await probe_workloads(client, token, min(args.probes, args.agents))
+            tasks.append(asyncio.create_task(fleet.probe_loop(client, probes)))
+            await asyncio.sleep(min(10.0, args.interval * 2))  # every agent heartbeating and watching
+            pids = [p.pid for p in stack.processes.values()]
+            cpu_before, measured_from = cpu_seconds(pids), time.monotonic()
+            fleet.measuring = True
+            print(f"[{label}] measuring for {args.duration:.0f}s ...", file=sys.stderr)
+            await asyncio.sleep(args.duration)
+            fleet.measuring = False
+            window = time.monotonic() - measured_from
+            cpu = cpu_seconds(pids) - cpu_before
+        finally:
+            fleet.stop.set()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
     return {
         "backend": label,
         "agents": len(fleet.tokens),

@@ -11,7 +11,7 @@ from pathlib import Path
 from controlplane.cli.main import read_files
 from controlplane.cli.stack import PYTHON, Stack
 from controlplane.client import Client, ClientError, load_config, write_config
-from controlplane.envhelpers import flotilla_home
+from controlplane.envhelpers import envint, flotilla_home
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -19,7 +19,9 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 def run_up(args: argparse.Namespace) -> int:
     home = flotilla_home()
     home.mkdir(parents=True, exist_ok=True)
-    stack = Stack(home=home, port=args.port, host=args.host, quiet=False)
+    # Each agent holds a long-poll watch on one thread; FLOTILLA_WEB_THREADS sizes the pool.
+    threads = envint("FLOTILLA_WEB_THREADS", 64, minimum=4)
+    stack = Stack(home=home, port=args.port, host=args.host, quiet=False, web_threads=threads)
     print(f"flotilla: home {home}; logs in {home / 'logs'}")
     print("flotilla: migrating the database ...")
     stack.migrate()
@@ -56,6 +58,8 @@ def run_up(args: argparse.Namespace) -> int:
                 token,
                 "--cluster",
                 "local",
+                "--grace-period",
+                "8",  # drains before the stack's 10 s stop deadline
             ]
             stack.spawn("agent", agent)
         _apply_examples_once(stack, token, home)
