@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.db import DatabaseError, close_old_connections, connection
@@ -39,7 +39,32 @@ class Seen:
         return all(labels.get(k) == v for k, v in selector.items())
 
 
+@dataclass(eq=False)  # identity equality: waiters live in sets
+class Waiter:
+    """One long-poll waiting for changes of a kind (and node) after ``since``."""
+
+    kind: str
+    node_name: str | None
+    selector: dict[str, str]
+    since: int
+    limit: int
+    found: list[Seen] = field(default_factory=list)
+    event: threading.Event = field(default_factory=threading.Event)
+
+    def offer(self, seen: Seen) -> None:
+        if (
+            seen.id > self.since
+            and len(self.found) < self.limit
+            and seen.matches(self.kind, self.selector, self.node_name)
+        ):
+            self.found.append(seen)
+            self.event.set()
+
+
 class WatchHub:
+    """The reader thread hands each new change to the waiters registered for its kind
+    and node, so a change costs O(interested waiters), not O(all waiters × buffer)."""
+
     def __init__(self, poll_seconds: float = 0.1, keep: int = 20_000, batch: int = 2_000):
         self.poll_seconds = poll_seconds
         self.batch = batch
@@ -47,6 +72,7 @@ class WatchHub:
         self.condition = threading.Condition()
         self.latest: int | None = None  # highest change id read
         self.floor: int | None = None  # every change after this id is in the buffer
+        self.waiters: dict[tuple[str, str | None], set[Waiter]] = {}
         self.thread: threading.Thread | None = None
         self.lock = threading.Lock()
         self.stopping = threading.Event()
@@ -61,10 +87,14 @@ class WatchHub:
         from controlplane.models import Change
 
         rows = Change.objects.filter(id__gt=since).order_by("id")[: self.batch]
-        return [
-            Seen(r[0], r[1], r[2], r[3], r[4])
-            for r in rows.values_list("id", "kind", "type", "node_name", "object")
-        ]
+        fields = ("id", "kind", "type", "node_name", "object")
+        return [Seen(*row) for row in rows.values_list(*fields)]
+
+    def _deliver(self, rows: list[Seen]) -> None:
+        for seen in rows:
+            for key in ((seen.kind, seen.node_name), (seen.kind, None)):
+                for waiter in self.waiters.get(key, ()):
+                    waiter.offer(seen)
 
     def _run(self) -> None:
         from controlplane.watch import latest_change
@@ -83,7 +113,7 @@ class WatchHub:
                         self.latest = rows[-1].id
                         if len(self.buffer) == self.buffer.maxlen:
                             self.floor = self.buffer[0].id - 1
-                        self.condition.notify_all()
+                        self._deliver(rows)
                 if len(rows) < self.batch:
                     self.stopping.wait(self.poll_seconds)
             except DatabaseError:
@@ -100,6 +130,16 @@ class WatchHub:
         if self.thread is not None:
             self.thread.join(timeout)
 
+    def _newer(self, since: int, waiter: Waiter) -> None:
+        """Offer the buffered changes after ``since``, scanning from the newest end only."""
+        tail = []
+        for seen in reversed(self.buffer):
+            if seen.id <= since:
+                break
+            tail.append(seen)
+        for seen in reversed(tail):
+            waiter.offer(seen)
+
     def wait(
         self,
         kind: str,
@@ -113,21 +153,30 @@ class WatchHub:
         resume from; None when ``since`` is older than the buffer (ask the database)."""
         self.ensure_running()
         deadline = time.monotonic() + timeout
+        waiter = Waiter(kind, node_name, selector, since, limit)
+        key = (kind, node_name)
         with self.condition:
             while self.latest is None:  # the hub's first read
                 if not self.condition.wait(max(0.0, deadline - time.monotonic())):
                     return None
-            while True:
-                if since < self.floor:
-                    return None
-                found = [s for s in self.buffer if s.id > since and s.matches(kind, selector, node_name)]
-                if found:
-                    return found[:limit], found[:limit][-1].id
-                since = max(since, self.latest)
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return [], since
-                self.condition.wait(remaining)
+            if since < self.floor:
+                return None
+            self._newer(since, waiter)
+            if waiter.found:
+                return waiter.found, waiter.found[-1].id
+            self.waiters.setdefault(key, set()).add(waiter)
+        try:
+            waiter.event.wait(max(0.0, deadline - time.monotonic()))
+        finally:
+            with self.condition:
+                self.waiters[key].discard(waiter)
+                if not self.waiters[key]:
+                    del self.waiters[key]
+                latest = self.latest
+                found = list(waiter.found)
+        if found:
+            return found, found[-1].id
+        return [], max(since, latest)
 
 
 hub = WatchHub()

@@ -16,6 +16,7 @@ import asyncio
 import json
 import os
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -195,11 +196,18 @@ async def probe_workloads(
 
 async def drive(stack: Stack, token: str, args: argparse.Namespace, label: str) -> dict[str, Any]:
     fleet = Fleet(stack.url, token, args)
-    limits = httpx.Limits(
-        max_connections=args.agents * 2 + 50, max_keepalive_connections=args.agents * 2 + 50
-    )
     timeout = httpx.Timeout(WATCH_SECONDS + 30)
-    async with httpx.AsyncClient(base_url=stack.url, limits=limits, timeout=timeout) as client:
+    # One small client per agent, as each real agent has: a single client with
+    # thousands of pooled connections spends its time scanning its own pool.
+    agent_clients: dict[str, httpx.AsyncClient] = {}
+
+    def client_for(name: str) -> httpx.AsyncClient:
+        if name not in agent_clients:
+            limits = httpx.Limits(max_connections=2, max_keepalive_connections=2)
+            agent_clients[name] = httpx.AsyncClient(base_url=stack.url, limits=limits, timeout=timeout)
+        return agent_clients[name]
+
+    async with httpx.AsyncClient(base_url=stack.url, timeout=timeout) as client:
         names = [f"sim-{i:05d}" for i in range(args.agents)]
         started = time.monotonic()
         for batch in range(0, len(names), 50):
@@ -208,8 +216,8 @@ async def drive(stack: Stack, token: str, args: argparse.Namespace, label: str) 
             f"[{label}] {len(fleet.tokens)} agents registered in {time.monotonic() - started:.1f}s",
             file=sys.stderr,
         )
-        tasks = [asyncio.create_task(fleet.heartbeat_loop(client, n)) for n in fleet.tokens]
-        tasks += [asyncio.create_task(fleet.watch_loop(client, n)) for n in fleet.tokens]
+        tasks = [asyncio.create_task(fleet.heartbeat_loop(client_for(n), n)) for n in fleet.tokens]
+        tasks += [asyncio.create_task(fleet.watch_loop(client_for(n), n)) for n in fleet.tokens]
         try:
             probes = await probe_workloads(client, token, min(args.probes, args.agents))
             tasks.append(asyncio.create_task(fleet.probe_loop(client, probes)))
@@ -227,6 +235,7 @@ async def drive(stack: Stack, token: str, args: argparse.Namespace, label: str) 
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*(c.aclose() for c in agent_clients.values()), return_exceptions=True)
     return {
         "backend": label,
         "agents": len(fleet.tokens),
@@ -263,6 +272,10 @@ def bench_backend(label: str, env: dict[str, str], args: argparse.Namespace) -> 
             return asyncio.run(drive(stack, token, args, label))
         finally:
             stack.stop()
+            kept = Path(tempfile.gettempdir()) / f"flotilla-bench-agents-logs-{label}"
+            shutil.rmtree(kept, ignore_errors=True)
+            shutil.copytree(Path(home) / "logs", kept)
+            print(f"[{label}] server logs kept in {kept}", file=sys.stderr)
 
 
 def run(args: argparse.Namespace) -> int:

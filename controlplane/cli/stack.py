@@ -108,6 +108,10 @@ class Stack:
                 f"{self.host}:{self.port}",
                 "--worker-class",
                 "gthread",
+                # Each agent keeps a long-poll open plus a connection for its other calls;
+                # gunicorn stops accepting past worker_connections (default 1000).
+                "--worker-connections",
+                str(max(1000, self.web_threads * 2 + 100)),
                 "--workers",
                 "1",
                 "--threads",
