@@ -128,8 +128,8 @@ def heartbeat_view(request: HttpRequest) -> dict[str, Any]:
             [{"field": "name", "fix": "register first and heartbeat with the node token it returns"}],
         )
     devices = _devices(body["devices"]) if body.get("devices") is not None else None
-    node = nodes.heartbeat(name, devices)
-    answer: dict[str, Any] = {"resourceVersion": str(node.resource_version), "at": time.time()}
+    version = nodes.heartbeat(name, devices)
+    answer: dict[str, Any] = {"resourceVersion": str(version), "at": time.time()}
     if body.get("telemetry") is not None:
         # The heartbeat counts even when its telemetry is refused: a telemetry bug on
         # a node must not make a live node look dead.

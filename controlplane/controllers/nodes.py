@@ -51,7 +51,23 @@ def renew(name: str) -> None:
     NodeLease.objects.update_or_create(node_name=name, defaults={"renewed_at": now()})
 
 
-def heartbeat(name: str, devices: list[dict[str, Any]] | None = None) -> Resource:
+def heartbeat(name: str, devices: list[dict[str, Any]] | None = None) -> int:
+    """Renew the node's lease; returns the Node's resourceVersion.
+
+    The common case (no device change, node already Ready) is two small queries
+    and no write to the Node, because a fleet heartbeats many times a second.
+    """
+    if devices is None:
+        row = (
+            Resource.objects.filter(kind="Node", name=name).values_list("status", "resource_version").first()
+        )
+        if row is not None and is_true(row[0], "Ready"):
+            if NodeLease.objects.filter(node_name=name).update(renewed_at=now()):
+                return row[1]
+    return _heartbeat(name, devices).resource_version
+
+
+def _heartbeat(name: str, devices: list[dict[str, Any]] | None) -> Resource:
     with transaction.atomic():
         node = store.get("Node", name)
         renew(name)
