@@ -161,9 +161,11 @@ def collection_view(request: HttpRequest, plural: str) -> dict[str, Any]:
         timeout = int_param(request, "timeoutSeconds", 30, 0, settings.FLOTILLA_WATCH_MAX_SECONDS)
         return watch.wait(info.kind, since, timeout, selector, node_name)
     filters = {"node_name": node_name} if node_name is not None else {}
-    with transaction.atomic():
-        version = watch.current_version()
-        items = [store.to_document(r) for r in store.list_kind(info.kind, selector, **filters)]
+    # No transaction (under SQLite one would take the write lock). The version is
+    # read first: a watch from it may replay a change the items already show, which
+    # clients treat as a no-op, but can never miss one.
+    version = watch.current_version()
+    items = [store.to_document(r) for r in store.list_kind(info.kind, selector, **filters)]
     return {
         "apiVersion": "flotilla.dev/v1",
         "kind": f"{info.kind}List",

@@ -75,12 +75,24 @@ class ModelSource(Spec):
         description="builtin:NAME, or path:/local/weights (safetensors file or directory)",
     )
     config: dict[str, Any] = Field(default_factory=dict)
+    tokenizer: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="builtin:bytes (the default) or path:/local/tokenizer.json (Hugging Face format)",
+    )
 
     @field_validator("source")
     @classmethod
     def _known_scheme(cls, value: str) -> str:
         if not value.startswith(("builtin:", "path:")):
             raise ValueError("must start with 'builtin:' or 'path:' (e.g. builtin:tiny-llama)")
+        return value
+
+    @field_validator("tokenizer")
+    @classmethod
+    def _known_tokenizer(cls, value: str | None) -> str | None:
+        if value is not None and value != "builtin:bytes" and not value.startswith("path:/"):
+            raise ValueError("must be builtin:bytes or path:/absolute/path/tokenizer.json")
         return value
 
 

@@ -61,9 +61,13 @@ def heartbeat(name: str, devices: list[dict[str, Any]] | None = None) -> int:
         row = (
             Resource.objects.filter(kind="Node", name=name).values_list("status", "resource_version").first()
         )
-        if row is not None and is_true(row[0], "Ready"):
-            if NodeLease.objects.filter(node_name=name).update(renewed_at=now()):
-                return row[1]
+        renewed = NodeLease.objects.filter(node_name=name).values_list("renewed_at", flat=True).first()
+        if row is not None and renewed is not None and is_true(row[0], "Ready"):
+            # Write the lease only when it has aged a little: staleness is judged against
+            # FLOTILLA_NODE_TIMEOUT, and every write takes SQLite's single write lock.
+            if (now() - renewed).total_seconds() >= settings.FLOTILLA_NODE_TIMEOUT / 4:
+                NodeLease.objects.filter(node_name=name).update(renewed_at=now())
+            return row[1]
     return _heartbeat(name, devices).resource_version
 
 

@@ -23,6 +23,7 @@ from agents.runtimes.model import build_model
 from agents.runtimes.serve.engine import Engine
 from agents.runtimes.serve.kvcache import PagedKVCache
 from agents.runtimes.serve.server import ServingHTTPServer
+from agents.runtimes.tokenizer import load_tokenizer
 
 log = logging.getLogger("flotilla.serve")
 # kvCacheBlocks wins over kvCacheBytes; with neither, the engine sizes the cache itself.
@@ -82,7 +83,16 @@ def main(argv: list[str] | None = None) -> int:
     if kv_blocks is None and config.get("kvCacheBytes"):
         dtype = model_config.torch_dtype(device)
         kv_blocks = PagedKVCache.blocks_for_budget(model_config, dtype, config["kvCacheBytes"])
-    engine = Engine(model, kv_blocks=kv_blocks, max_batch=config.get("maxBatch") or 32)
+    try:
+        tokenizer = load_tokenizer(config["model"].get("tokenizer"))
+    except ValueError as exc:
+        raise SystemExit(f"cannot load the tokenizer: {exc}") from None
+    if tokenizer.vocab_size > model_config.vocabSize:
+        raise SystemExit(
+            f"model.tokenizer has {tokenizer.vocab_size} tokens but model.config.vocabSize is "
+            f"{model_config.vocabSize}; set vocabSize to at least {tokenizer.vocab_size}"
+        )
+    engine = Engine(model, kv_blocks=kv_blocks, max_batch=config.get("maxBatch") or 32, tokenizer=tokenizer)
     name = config.get("name") or config["model"].get("source", "builtin:tiny-llama")
     server = ServingHTTPServer((args.host, args.port), engine, name)
     engine.start()

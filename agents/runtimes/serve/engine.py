@@ -28,7 +28,7 @@ from agents.runtimes.serve.kvcache import DEFAULT_BLOCK_SIZE, PagedKVCache
 from agents.runtimes.serve.metrics import ServingMetrics
 from agents.runtimes.serve.request import Request
 from agents.runtimes.serve.sampling import SamplingParams, greedy_batch, sample
-from agents.runtimes.tokenizer import ByteTokenizer
+from agents.runtimes.tokenizer import ByteTokenizer, FileTokenizer
 
 log = logging.getLogger("flotilla.serve.engine")
 
@@ -59,7 +59,7 @@ class Engine:
         max_batch: int = 32,
         max_prefill_tokens: int = 4096,
         block_size: int = DEFAULT_BLOCK_SIZE,
-        tokenizer: ByteTokenizer | None = None,
+        tokenizer: ByteTokenizer | FileTokenizer | None = None,
     ):
         self.model = model
         self.config: ModelConfig = model.config
@@ -206,7 +206,7 @@ class Engine:
         rows = len(group)
         width = max(r.seq_len - r.cached for r in group)
         length = max(r.seq_len for r in group)
-        tokens = [[ByteTokenizer.PAD] * width for _ in range(rows)]
+        tokens = [[self.tokenizer.PAD] * width for _ in range(rows)]
         positions = [[0] * width for _ in range(rows)]
         write = [[-1] * width for _ in range(rows)]
         read = [[0] * length for _ in range(rows)]

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from agents.runtimes.serve.kvcache import BlockTable
 from agents.runtimes.serve.sampling import SamplingParams
-from agents.runtimes.tokenizer import ByteTokenizer
+from agents.runtimes.tokenizer import ByteTokenizer, FileTokenizer
 
 _ids = itertools.count(1)
 
@@ -34,7 +34,9 @@ class GenerationResult:
 class Request:
     """One generation: its tokens, block table, timings and an event queue for streaming."""
 
-    def __init__(self, prompt_ids: list[int], params: SamplingParams, tokenizer: ByteTokenizer):
+    def __init__(
+        self, prompt_ids: list[int], params: SamplingParams, tokenizer: ByteTokenizer | FileTokenizer
+    ):
         self.id = f"req-{next(_ids)}"
         self.prompt_ids = list(prompt_ids)
         self.params = params
@@ -100,10 +102,11 @@ class Request:
         """Add a sampled token, emit the safe part of the new text; the finish reason if it ends."""
         self.output_ids.append(token)
         p = self.params
-        if token == ByteTokenizer.EOS and not p.ignore_eos:
+        if token == self._tokenizer.EOS and not p.ignore_eos:
             return "stop"
-        if 0 <= token < 256:
-            self.text += self._decoder.decode(bytes([token]))
+        piece = self._tokenizer.piece(token)
+        if piece:
+            self.text += self._decoder.decode(piece)
         for stop in p.stop:
             at = self.text.find(stop)
             if at >= 0:
