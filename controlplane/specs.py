@@ -179,6 +179,23 @@ class PolicySpec(Spec):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+class ServeRuntime(Spec):
+    """Settings passed to the serving runtime; unset ones take the runtime's defaults."""
+
+    maxBatch: int | None = Field(default=None, ge=1, le=1024)
+    kvCacheBlocks: int | None = Field(default=None, ge=1, le=10_000_000)
+    kvCacheBytes: int | None = Field(default=None, ge=1024)
+    drainSeconds: float | None = Field(default=None, ge=0, le=3600)
+
+
+class TrainRuntime(Spec):
+    """Settings passed to the training runtime; unset ones take the runtime's defaults."""
+
+    seqLen: int | None = Field(default=None, ge=2, le=1_048_576)
+    learningRate: float | None = Field(default=None, gt=0, le=1)
+    seed: int | None = Field(default=None, ge=0)
+
+
 class DeploymentSpec(Spec):
     model: ModelSource
     replicas: int = Field(default=1, ge=0, le=4096)
@@ -186,6 +203,7 @@ class DeploymentSpec(Spec):
     slo: Slo = Field(default_factory=Slo)
     workload: ServingWorkload = Field(default_factory=ServingWorkload)
     policies: DeploymentPolicies = Field(default_factory=DeploymentPolicies)
+    runtime: ServeRuntime = Field(default_factory=ServeRuntime)
     cluster: Name | None = None
 
     _names = field_validator("cluster")(classmethod(lambda cls, v: _check_name(v)))
@@ -199,6 +217,7 @@ class TrainingJobSpec(Spec):
     resources: Resources = Field(default_factory=Resources)
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
     policies: TrainingPolicies = Field(default_factory=TrainingPolicies)
+    runtime: TrainRuntime = Field(default_factory=TrainRuntime)
     cluster: Name | None = None
 
     _names = field_validator("cluster")(classmethod(lambda cls, v: _check_name(v)))

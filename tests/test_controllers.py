@@ -789,3 +789,26 @@ def test_a_recreated_object_starts_its_own_event_counts(add_node):
     events.record(store.get("Deployment", "again"), "Custom", "same message")
     counts = sorted(Event.objects.filter(name="again", reason="Custom").values_list("count", flat=True))
     assert counts == [1, 2]
+
+
+def test_spec_runtime_settings_reach_the_workload_config(add_node):
+    add_node("gpu-a", gpus=2)
+    doc = deployment("tuned", replicas=1)
+    doc["spec"]["runtime"] = {"maxBatch": 8, "kvCacheBlocks": 128}
+    create(doc)
+    reconcile("tuned")
+    (workload,) = workloads_of("tuned")
+    config = workload.spec["config"]
+    assert config["maxBatch"] == 8 and config["kvCacheBlocks"] == 128
+    assert "drainSeconds" not in config, "unset settings leave the runtime's default"
+
+
+def test_bad_runtime_settings_are_refused_at_apply():
+    from controlplane.errors import Invalid
+
+    doc = deployment("tuned", replicas=1)
+    doc["spec"]["runtime"] = {"maxBatch": 0, "threads": 4}
+    with pytest.raises(Invalid) as caught:
+        create(doc)
+    fields = {d["field"] for d in caught.value.details}
+    assert {"spec.runtime.maxBatch", "spec.runtime.threads"} <= fields

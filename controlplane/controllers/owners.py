@@ -41,6 +41,8 @@ def runtime_config(owner: Resource) -> dict[str, Any]:
     config: dict[str, Any] = {"model": spec.get("model", {})}
     if owner.kind == "TrainingJob":
         config.update(data=spec.get("data", {}), steps=spec.get("steps"), batchSize=spec.get("batchSize"))
+    # spec.runtime: only what is set, so the runtime's own defaults apply to the rest.
+    config.update({k: v for k, v in (spec.get("runtime") or {}).items() if v is not None})
     return config
 
 
