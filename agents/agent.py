@@ -259,19 +259,21 @@ class Agent:
     # --- lifecycle ---------------------------------------------------------------------
 
     def run(self) -> None:
+        """Heartbeats and the watch run in threads; supervision runs on the main thread.
+
+        Workloads are forked by the supervisor and die with the thread that forked
+        them (PR_SET_PDEATHSIG is per thread), so that must be the main thread, which
+        lives exactly as long as the agent.
+        """
         threads = [
             threading.Thread(target=self.heartbeat_loop, name="heartbeat", daemon=True),
             threading.Thread(target=self.watch_loop, name="watch", daemon=True),
-            threading.Thread(target=self.supervise_loop, name="supervise", daemon=True),
         ]
         for thread in threads:
             thread.start()
-        self.stop_event.wait()
+        self.supervise_loop()
         log.info("draining: stopping %d workloads (grace %.0fs)", len(self.supervisor.workloads), self.grace)
-        for thread in threads:
-            thread.join(timeout=5)
         self.supervisor.stop_all(self.grace)
-        self.supervisor.tick()
         self.report_status()
         self.ship_logs()
         log.info("agent stopped")

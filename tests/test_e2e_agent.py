@@ -193,5 +193,12 @@ def test_sigterm_drains_the_agent_stops_its_workloads_and_exits_cleanly(live):
     agent.send_signal(signal.SIGTERM)
     assert agent.wait(timeout=45) == 0, "the agent exits cleanly after draining"
     assert subprocess.run(["pgrep", "-f", f"agents.runtimes.serve.*{config}"], check=False).returncode == 1
-    status = workload(live, "drained")["status"]
-    assert status["phase"] == "Stopped" and condition({"status": status}, "Ready") == "False"
+    # The runtime's shutdown lines were shipped before the agent exited.
+    logs = live.cli("logs", f"workload/{name}").stdout
+    assert "shutting down" in logs and "stopped" in logs
+    # The node now goes NotReady and the replica may be moved away at any moment; while
+    # the Workload is still there, it must read Stopped, not crashed.
+    remaining = workload(live, "drained")
+    if remaining is not None and remaining["metadata"]["name"] == name:
+        status = remaining["status"]
+        assert status["phase"] == "Stopped" and condition({"status": status}, "Ready") == "False"
