@@ -18,6 +18,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -212,18 +213,29 @@ def bench_backend(label: str, env: dict[str, str], args: argparse.Namespace) -> 
             stack.stop()
 
 
-def run_apply_bench(args: argparse.Namespace) -> int:
+def on_each_backend(
+    args: argparse.Namespace, bench: Callable[[str, dict[str, str], argparse.Namespace], dict[str, Any]]
+) -> list[dict[str, Any]] | None:
+    """Run ``bench`` on each back end named in ``--backends``, one after the other on this
+    machine, so their figures compare like with like; None for an unknown name."""
     results = []
     for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
         if backend == "sqlite":
             with backend_env(None, None) as env:
-                results.append(bench_backend("sqlite+filesystem", env, args))
+                results.append(bench("sqlite+filesystem", env, args))
         elif backend == "postgresql":
             with backend_env(args.database_url, args.broker_url, "flotilla_bench") as env:
-                results.append(bench_backend("postgresql+redis", env, args))
+                results.append(bench("postgresql+redis", env, args))
         else:
             print(f"error: unknown backend {backend!r}; use sqlite or postgresql", file=sys.stderr)
-            return 2
+            return None
+    return results
+
+
+def run_apply_bench(args: argparse.Namespace) -> int:
+    results = on_each_backend(args, bench_backend)
+    if results is None:
+        return 2
     rows = [
         [
             r["backend"],

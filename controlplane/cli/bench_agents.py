@@ -26,9 +26,9 @@ from typing import Any
 import httpx
 import yaml
 
-from controlplane.cli.bench import GPU_MEMORY_MIB, percentile
+from controlplane.cli.bench import GPU_MEMORY_MIB, on_each_backend, percentile
 from controlplane.cli.output import table
-from controlplane.cli.stack import Stack, backend_env, free_port
+from controlplane.cli.stack import Stack, free_port
 
 WATCH_SECONDS = 20
 
@@ -288,17 +288,9 @@ def bench_backend(label: str, env: dict[str, str], args: argparse.Namespace) -> 
 
 
 def run(args: argparse.Namespace) -> int:
-    results = []
-    for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
-        if backend == "sqlite":
-            with backend_env(None, None) as env:
-                results.append(bench_backend("sqlite+filesystem", env, args))
-        elif backend == "postgresql":
-            with backend_env(args.database_url, args.broker_url, "flotilla_bench") as env:
-                results.append(bench_backend("postgresql+redis", env, args))
-        else:
-            print(f"error: unknown backend {backend!r}; use sqlite or postgresql", file=sys.stderr)
-            return 2
+    results = on_each_backend(args, bench_backend)
+    if results is None:
+        return 2
     rows = [
         [
             r["backend"],
