@@ -18,7 +18,6 @@ import logging
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,16 +28,12 @@ from typing import Any
 
 import httpx
 
+from controlplane.ports import free_port
+
 log = logging.getLogger("flotilla.agent.supervisor")
 RUNTIMES = {"serve", "train"}
 LOG_TAIL_LINES = 20
 MAX_BACKOFF = 60.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec

@@ -19,6 +19,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from controlplane import auth, scopes, store
 from controlplane.api import endpoint, json_body
+from controlplane.apply import pydantic_problems
 from controlplane.conditions import is_true
 from controlplane.controllers import nodes
 from controlplane.errors import Forbidden, Invalid
@@ -27,17 +28,6 @@ from controlplane.specs import MAX_DEVICES, Device, Metadata, name_problem
 from controlplane.telemetry import store as telemetry_store
 
 _DEVICE_LIST = TypeAdapter(list[Device])
-
-
-def _problems(exc: ValidationError, prefix: str) -> list[dict[str, Any]]:
-    return [
-        {
-            "field": ".".join([prefix, *(str(p) for p in err["loc"])]),
-            "message": err["msg"].removeprefix("Value error, "),
-            "fix": f"correct {prefix}",
-        }
-        for err in exc.errors()
-    ]
 
 
 def _devices(value: Any) -> list[dict[str, Any]]:
@@ -49,7 +39,7 @@ def _devices(value: Any) -> list[dict[str, Any]]:
     try:
         devices = _DEVICE_LIST.validate_python(value)
     except ValidationError as exc:
-        raise Invalid("a device is malformed", _problems(exc, "devices")) from None
+        raise Invalid("a device is malformed", pydantic_problems(None, "devices", Device, exc)) from None
     indices = [d.index for d in devices]
     if len(set(indices)) != len(indices):
         raise Invalid(
@@ -102,10 +92,7 @@ def register_view(request: HttpRequest) -> dict[str, Any]:
     try:
         labels = Metadata.model_validate({"name": name, "labels": body.get("labels") or {}}).labels
     except ValidationError as exc:
-        problems = _problems(exc, "labels")
-        for problem_ in problems:
-            problem_["field"] = problem_["field"].replace("labels.labels", "labels")
-        raise Invalid("labels are malformed", problems) from None
+        raise Invalid("labels are malformed", pydantic_problems(None, "", Metadata, exc)) from None
     with transaction.atomic():
         node = nodes.register(
             name, cluster=cluster, labels=labels, devices=devices, info=body.get("info") or {}

@@ -67,12 +67,14 @@ def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
 
 
 def pydantic_problems(
-    index: int, prefix: str, model: type[BaseModel], exc: ValidationError
+    index: int | None, prefix: str, model: type[BaseModel], exc: ValidationError
 ) -> list[dict[str, Any]]:
+    """Field-level problems (path, message, fix) from a pydantic error; ``index`` is the
+    document in an apply, None for a body that is not a document (the agent protocol)."""
     problems = []
     for err in exc.errors():
         loc = tuple(err["loc"])
-        path = ".".join([prefix, *(str(p) for p in loc)])
+        path = ".".join(part for part in [prefix, *(str(p) for p in loc)] if part)
         kind = err["type"]
         if kind == "extra_forbidden":
             parent = _model_at(model, loc[:-1])
@@ -84,7 +86,8 @@ def pydantic_problems(
         else:
             message = err["msg"].removeprefix("Value error, ")
             fix = f"correct {path}"
-        problems.append({"document": index, "field": path, "message": message, "fix": fix})
+        problem = {"field": path, "message": message, "fix": fix}
+        problems.append(problem if index is None else {"document": index, **problem})
     return problems
 
 

@@ -18,8 +18,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from controlplane.cli.stack import Stack, backend_env, free_port
+from controlplane.cli.stack import Stack, backend_env
 from controlplane.client import Client, ClientError
+from controlplane.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -84,7 +84,8 @@ def test_an_edit_is_configured_and_observed_generation_catches_up(live):
 
 def test_a_stale_replace_is_refused_with_409(live):
     apply(live, deployment("e2e-stale", replicas=1))
-    current = live.client.get("deployments", "e2e-stale")
+    # Let the controller's first pass (finalizer, status) land, or it races our PUT.
+    current = wait_for(lambda: scheduled(live, "e2e-stale"), what="Scheduled")
     body = {k: current[k] for k in ("apiVersion", "kind", "metadata", "spec")}
     body["metadata"] = {"name": "e2e-stale", "resourceVersion": current["metadata"]["resourceVersion"]}
     body["spec"]["replicas"] = 2

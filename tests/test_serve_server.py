@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -15,18 +14,14 @@ from pathlib import Path
 import httpx
 import pytest
 
+from controlplane.ports import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = {
     "model": {"source": "builtin:tiny-llama", "config": {"layers": 2, "hidden": 64, "intermediate": 128}},
     "kvCacheBlocks": 64,
     "maxBatch": 8,
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Served:

@@ -25,9 +25,11 @@ from typing import Any
 
 import yaml
 
+from agents.runtimes.serve.metrics import percentile as nearest_rank
 from controlplane.cli.output import table
-from controlplane.cli.stack import Stack, backend_env, free_port
+from controlplane.cli.stack import Stack, backend_env
 from controlplane.client import Client, ClientError
+from controlplane.ports import free_port
 
 GPU_MEMORY_MIB = 81559
 
@@ -69,11 +71,9 @@ def add_bench_parser(sub: Any) -> None:
 
 
 def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[index]
+    """Nearest-rank percentile, NaN (printed as such) when nothing was measured."""
+    value = nearest_rank(values, q)
+    return float("nan") if value is None else value
 
 
 def deployment_doc(index: int) -> str:

@@ -28,7 +28,8 @@ import yaml
 
 from controlplane.cli.bench import GPU_MEMORY_MIB, on_each_backend, percentile
 from controlplane.cli.output import table
-from controlplane.cli.stack import Stack, free_port
+from controlplane.cli.stack import Stack
+from controlplane.ports import free_port
 
 WATCH_SECONDS = 20
 

@@ -157,9 +157,7 @@ def cmd_logs(args: argparse.Namespace, client: Client) -> int:
             sys.stdout.write(chunk["text"])
         sys.stdout.flush()
         since = result["next"]
-        if not args.follow and not result["chunks"]:
-            return 0
-        if not args.follow and len(result["chunks"]) < 200:
+        if not args.follow and len(result["chunks"]) < 200:  # a short page is the end
             return 0
 
 

@@ -20,17 +20,8 @@ from pathlib import Path
 from urllib.parse import urlparse, urlunparse
 
 import httpx
-from psycopg import sql
 
 PYTHON = sys.executable
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
@@ -232,6 +223,7 @@ def backend_env(
         yield env
         return
     import psycopg
+    from psycopg import sql
 
     name = f"{label}_{suffix}"
     with psycopg.connect(database_url, autocommit=True) as conn:
