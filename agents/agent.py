@@ -291,11 +291,26 @@ def runtime_metrics(managed: Any) -> dict[str, float]:
             numbers.update(httpx.get(f"http://127.0.0.1:{managed.port}/stats", timeout=1.0).json())
         except (httpx.HTTPError, ValueError):
             pass
-    return {
-        key[:64]: float(value)
-        for key, value in numbers.items()
-        if isinstance(value, int | float) and not isinstance(value, bool)
-    }
+    return flat_numbers(numbers)
+
+
+def flat_numbers(numbers: dict[str, Any]) -> dict[str, float]:
+    """Numbers at the top level, and one level down as ``outer.inner`` (the runtime's
+    ``ttftSeconds: {p50, p99}`` becomes ``ttftSeconds.p50`` and ``ttftSeconds.p99``):
+    telemetry metrics are flat, and latency is what a deployment's SLO is judged on."""
+
+    def is_number(value: Any) -> bool:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+
+    flat: dict[str, float] = {}
+    for key, value in numbers.items():
+        if is_number(value):
+            flat[key[:64]] = float(value)
+        elif isinstance(value, dict):
+            for inner, number in value.items():
+                if is_number(number):
+                    flat[f"{key}.{inner}"[:64]] = float(number)
+    return flat
 
 
 def build(

@@ -23,7 +23,6 @@ from controlplane.apply import pydantic_problems
 from controlplane.conditions import is_true
 from controlplane.controllers import nodes
 from controlplane.errors import Forbidden, Invalid
-from controlplane.models import ApiToken
 from controlplane.specs import MAX_DEVICES, Device, Metadata, name_problem
 from controlplane.telemetry import store as telemetry_store
 
@@ -76,7 +75,7 @@ def _may_register(principal: auth.Principal, name: str) -> None:
 
 def issue_node_token(name: str) -> str:
     """A fresh credential for the node; older ones for it stop working."""
-    ApiToken.objects.filter(role="agent", node_name=name).update(revoked=True)
+    auth.revoke_node_tokens(name)
     token, _ = auth.create_token(f"node/{name}", "agent", node_name=name)
     return token
 

@@ -12,12 +12,13 @@ from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from controlplane import apply as applier
-from controlplane import auth, events, openapi, scopes, store, watch, yamldocs
+from controlplane import auth, events, openapi, scopes, store, users, watch, yamldocs
 from controlplane.errors import ApiError, Conflict, Invalid, NotFound, TooLarge
 from controlplane.models import ApiToken, AuditEntry, Event, Resource
 from controlplane.specs import BY_PLURAL, KindInfo, kind_for
@@ -315,11 +316,50 @@ def tokens_view(request: HttpRequest) -> Any:
 
 @endpoint({"DELETE": "admin"})
 def token_view(request: HttpRequest, prefix: str) -> dict[str, Any]:
-    updated = ApiToken.objects.filter(prefix=prefix, revoked=False).update(revoked=True)
+    updated = auth.revoke(prefix)
     if not updated:
         raise NotFound(f"no active token with prefix {prefix}")
     events.audit(request.principal.name, "revoke", "Token", prefix)
     return {"status": "revoked", "prefix": prefix}
+
+
+# --- users (dashboard log-ins) ---------------------------------------------------------
+
+
+@endpoint({"GET": "admin", "POST": "admin"})
+def users_view(request: HttpRequest) -> Any:
+    if request.method == "GET":
+        rows = User.objects.order_by("username").prefetch_related("groups")
+        return {
+            "items": [
+                {
+                    "name": u.username,
+                    "role": users.role_of(u),
+                    "active": u.is_active,
+                    "lastLogin": rfc3339(u.last_login),
+                }
+                for u in rows
+            ]
+        }
+    body = json_body(request)
+    if not isinstance(body, dict):
+        raise Invalid('send {"name": ..., "role": ...}')
+    name, role = body.get("name"), body.get("role", "viewer")
+    users.check(name, role)
+    exists = User.objects.filter(username=name).exists()
+    if exists and not body.get("reset"):
+        raise Conflict(
+            f"user {name} exists",
+            [
+                {
+                    "field": "reset",
+                    "fix": "send reset: true (flotilla user create --reset) to set a new password",
+                }
+            ],
+        )
+    _, password, created = users.create_or_reset(name, role)
+    events.audit(request.principal.name, "create" if created else "reset", "User", name, f"role={role}")
+    return JsonResponse({"name": name, "role": role, "password": password}, status=201 if created else 200)
 
 
 def openapi_view(request: HttpRequest) -> JsonResponse:

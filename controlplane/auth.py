@@ -4,6 +4,13 @@ A token looks like ``flt_<prefix>_<secret>``. The prefix finds the row; the
 HMAC (keyed by SECRET_KEY) of the whole token is compared with
 ``hmac.compare_digest``. The plaintext is shown once, at creation, and never
 stored or logged.
+
+A verified token is remembered in the process for FLOTILLA_TOKEN_CACHE_SECONDS
+(default 60), keyed by its HMAC, because a fleet's agents authenticate hundreds
+of times a second and each look-up is a database round trip. Revoking a token
+forgets it at once in the process that revoked it; other web processes stop
+accepting it when their entry expires (as Kubernetes caches webhook token
+reviews). Unknown or invalid tokens are never cached.
 """
 
 from __future__ import annotations
@@ -11,6 +18,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import threading
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -20,6 +30,7 @@ from controlplane.models import ApiToken
 from controlplane.timeutil import now
 
 ROLE_RANK = {"viewer": 1, "agent": 1, "operator": 2, "admin": 3}
+CACHE_ENTRIES = 20_000
 
 
 def _digest(token: str) -> str:
@@ -52,6 +63,47 @@ class Principal:
         return ROLE_RANK[self.role] >= ROLE_RANK[needed]
 
 
+class _Verified:
+    """Tokens verified recently in this process: HMAC digest -> (principal, prefix, expiry)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[str, tuple[Principal, str, float]] = OrderedDict()
+
+    def get(self, digest: str) -> Principal | None:
+        with self._lock:
+            entry = self._entries.get(digest)
+            if entry is None:
+                return None
+            if entry[2] <= time.monotonic():
+                del self._entries[digest]
+                return None
+            return entry[0]
+
+    def put(self, digest: str, principal: Principal, prefix: str, seconds: float) -> None:
+        with self._lock:
+            self._entries[digest] = (principal, prefix, time.monotonic() + seconds)
+            self._entries.move_to_end(digest)
+            while len(self._entries) > CACHE_ENTRIES:
+                self._entries.popitem(last=False)
+
+    def forget(self, prefix: str | None = None, node_name: str | None = None) -> None:
+        with self._lock:
+            for digest, (principal, entry_prefix, _) in list(self._entries.items()):
+                if entry_prefix == prefix or (node_name is not None and principal.node_name == node_name):
+                    del self._entries[digest]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+verified = _Verified()
+
+
 def authenticate(header: str | None) -> Principal:
     if not header or not header.startswith("Bearer "):
         raise Unauthorized(
@@ -59,17 +111,37 @@ def authenticate(header: str | None) -> Principal:
             [{"field": "Authorization", "fix": "send 'Authorization: Bearer <token>'"}],
         )
     token = header.removeprefix("Bearer ").strip()
+    digest = _digest(token)
+    # The key is the HMAC, which a caller cannot choose without SECRET_KEY, so the
+    # dictionary look-up reveals nothing about stored tokens.
+    if (cached := verified.get(digest)) is not None:
+        return cached
     parts = token.split("_")
     row = None
     if len(parts) >= 3 and parts[0] == "flt" and len(parts[1]) == 12:
         row = ApiToken.objects.filter(prefix=parts[1], revoked=False).first()
     # Compare even when no row matched, so timing does not reveal valid prefixes.
     expected = row.digest if row else _digest("flt_invalid")
-    if not hmac.compare_digest(expected, _digest(token)) or row is None:
+    if not hmac.compare_digest(expected, digest) or row is None:
         raise Unauthorized("the token is not valid or was revoked")
     if row.last_used_at is None or (now() - row.last_used_at).total_seconds() > 60:
         ApiToken.objects.filter(pk=row.pk).update(last_used_at=now())
-    return Principal(name=row.name, role=row.role, node_name=row.node_name)
+    principal = Principal(name=row.name, role=row.role, node_name=row.node_name)
+    if settings.FLOTILLA_TOKEN_CACHE_SECONDS > 0:
+        verified.put(digest, principal, row.prefix, settings.FLOTILLA_TOKEN_CACHE_SECONDS)
+    return principal
+
+
+def revoke(prefix: str) -> int:
+    """Revoke the active token with this prefix; returns how many rows changed."""
+    updated = ApiToken.objects.filter(prefix=prefix, revoked=False).update(revoked=True)
+    verified.forget(prefix=prefix)
+    return updated
+
+
+def revoke_node_tokens(node_name: str) -> None:
+    ApiToken.objects.filter(role="agent", node_name=node_name).update(revoked=True)
+    verified.forget(node_name=node_name)
 
 
 def require(principal: Principal, needed: str) -> None:

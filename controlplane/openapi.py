@@ -274,6 +274,17 @@ def document() -> dict[str, Any]:
                 "responses": {"200": _ok({"type": "object"}), **ERRORS},
             }
         },
+        "/api/v1/users": {
+            "get": {
+                "summary": "Dashboard users and their roles (admin)",
+                "responses": {"200": _ok({"type": "object"}), **ERRORS},
+            },
+            "post": {
+                "summary": "Create a dashboard user, or reset one with reset=true (admin); "
+                "the password is returned once",
+                "responses": {"201": _ok({"type": "object"}), "200": _ok({"type": "object"}), **ERRORS},
+            },
+        },
         "/api/v1/workloads/{name}/logs": {
             "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
             "get": {

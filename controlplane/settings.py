@@ -61,6 +61,9 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Static files (the dashboard's CSS and vendored htmx) straight from the app
+    # directories, compressed and with cache headers; no separate file server.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -82,6 +85,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "dashboard.roles.context",
             ],
         },
     },
@@ -142,7 +146,17 @@ USE_I18N = False
 USE_TZ = True
 
 STATIC_URL = "static/"
+# Serve from the apps' static folders without a collectstatic step (embedded mode);
+# an image may still run collectstatic into STATIC_ROOT.
+WHITENOISE_USE_FINDERS = True
+LOGIN_URL = "/login/"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "/login/"
 STATIC_ROOT = envstr("STATIC_ROOT") or str(FLOTILLA_HOME / "static")
+try:
+    Path(STATIC_ROOT).mkdir(parents=True, exist_ok=True)  # whitenoise warns when it is missing
+except OSError:
+    pass  # a read-only image: the folder was made (and filled) at build time, or is not needed
 
 # Security: HTTPS redirect, secure cookies and HSTS whenever we are not in DEBUG,
 # so `manage.py check --deploy` is clean for production settings. Embedded mode
@@ -169,6 +183,8 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = FLOTILLA_MAX_BODY_BYTES
 FLOTILLA_NODE_TIMEOUT = envfloat("FLOTILLA_NODE_TIMEOUT", 40.0, minimum=1.0)
 FLOTILLA_RESYNC_SECONDS = envfloat("FLOTILLA_RESYNC_SECONDS", 60.0, minimum=0.5)
 FLOTILLA_RECONCILE_LOCK_SECONDS = envfloat("FLOTILLA_RECONCILE_LOCK_SECONDS", 30.0, minimum=1.0)
+# How long a web process trusts a token it has verified (seconds; 0 checks every request).
+FLOTILLA_TOKEN_CACHE_SECONDS = envfloat("FLOTILLA_TOKEN_CACHE_SECONDS", 60.0, minimum=0.0)
 FLOTILLA_WATCH_RETENTION = envint("FLOTILLA_WATCH_RETENTION", 100_000, minimum=100)
 FLOTILLA_WATCH_MAX_SECONDS = envint("FLOTILLA_WATCH_MAX_SECONDS", 60, minimum=1)
 # One change-log reader per web process wakes all long-polls (see controlplane.watch_hub).
@@ -187,6 +203,8 @@ _broker_dir = FLOTILLA_HOME / "broker"
 CELERY_BROKER_URL = envstr("CELERY_BROKER_URL") or "filesystem://"
 CELERY_TASK_DEFAULT_QUEUE = envstr("FLOTILLA_CELERY_QUEUE") or "flotilla"
 if CELERY_BROKER_URL.startswith("filesystem://"):
+    # kombu's filesystem transport with atomic message writes (see controlplane.broker).
+    CELERY_BROKER_TRANSPORT = "controlplane.broker:Transport"
     for sub in ("queue", "processed", "control"):
         (_broker_dir / sub).mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS = {

@@ -11,6 +11,7 @@ api_v1 = [
     path("plugins", api.plugins_view),
     path("tokens", api.tokens_view),
     path("tokens/<str:prefix>", api.token_view),
+    path("users", api.users_view),
     path("agent/register", agent_api.register_view),
     path("agent/heartbeat", agent_api.heartbeat_view),
     path("openapi.json", api.openapi_view),

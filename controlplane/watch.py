@@ -62,6 +62,15 @@ def changes_after(
 def wait(
     kind: str, since: int, timeout: int, selector: dict[str, str], node_name: str | None
 ) -> dict[str, Any]:
+    if settings.FLOTILLA_WATCH_HUB and since and hub.covers(since):
+        # The hub has read the log past ``since`` and still holds everything after it:
+        # nothing was pruned from under the watcher and nothing need be read again.
+        # The request may hold a connection (its token was looked up): give it back
+        # before waiting, or a thousand waiting agents would drain the pool.
+        connection.close()
+        waited = hub.wait(kind, since, timeout, selector, node_name, LIMIT)
+        if waited is not None:
+            return _answer(*waited)
     # Changes with ids below pruned_below() are gone; a watcher at pruned_below() - 1
     # has seen everything up to there and loses nothing.
     if since and since < pruned_below() - 1:

@@ -130,6 +130,13 @@ class WatchHub:
         if self.thread is not None:
             self.thread.join(timeout)
 
+    def covers(self, since: int) -> bool:
+        """Whether every change after ``since`` is in the buffer or yet to be read, so a
+        watch from there needs nothing from the database (the steady state of an agent)."""
+        self.ensure_running()
+        with self.condition:
+            return self.floor is not None and self.latest is not None and self.floor <= since <= self.latest
+
     def _newer(self, since: int, waiter: Waiter) -> None:
         """Offer the buffered changes after ``since``, scanning from the newest end only."""
         tail = []

@@ -1,5 +1,16 @@
-from django.urls import path
+"""The dashboard's pages; each module owns its routes."""
 
-from dashboard import views
+from django.urls import include, path
 
-urlpatterns = [path("", views.index, name="index")]
+from dashboard import accounts, applypage, deployments, eventlog, jobs, nodes, overview, policies
+
+urlpatterns = [
+    path("", include(overview.urlpatterns)),
+    path("", include(accounts.urlpatterns)),
+    path("", include(nodes.urlpatterns)),
+    path("", include(deployments.urlpatterns)),
+    path("", include(jobs.urlpatterns)),
+    path("", include(policies.urlpatterns)),
+    path("", include(applypage.urlpatterns)),
+    path("", include(eventlog.urlpatterns)),
+]

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import pytest
 import yaml
 from django.test import Client
 
-from controlplane.auth import create_token
+from controlplane.auth import create_token, verified
 from controlplane.controllers import nodes
+from controlplane.models import NodeLease
+from controlplane.timeutil import now
 
 API = "/api/v1"
 
@@ -42,6 +45,33 @@ class Api:
 
     def delete(self, path: str):
         return self.client.delete(API + path, **self.headers)
+
+
+def logged_in(username: str, role: str, **client_options: Any) -> Client:
+    """A test client logged in to the dashboard as a new user with this role."""
+    from controlplane.users import create_or_reset
+
+    user, _, _ = create_or_reset(username, role)
+    client = Client(**client_options)
+    client.force_login(user)
+    return client
+
+
+def age_lease(node_name: str, seconds: float = 3600) -> None:
+    """As if the node's agent had been silent for ``seconds``: its lease, and what this
+    process remembers of renewing it, both that old."""
+    NodeLease.objects.filter(node_name=node_name).update(renewed_at=now() - timedelta(seconds=seconds))
+    nodes.renewed_here.pop(node_name, None)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_token_cache():
+    """Each test's rows are rolled back; so must be what the process remembers of them."""
+    verified.clear()
+    nodes.renewed_here.clear()
+    yield
+    verified.clear()
+    nodes.renewed_here.clear()
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
+from controlplane.auth import verified
 from controlplane.controllers import owners
 from controlplane.models import ApiToken, AuditEntry, Change, Resource
 from tests.conftest import API, Api, deployment
@@ -162,6 +163,37 @@ def test_a_revoked_token_no_longer_authenticates(admin):
     assert admin.delete(f"/tokens/{created['prefix']}").status_code == 200
     error_of(Api(created["token"]).get("/deployments"), 401)
     assert "ci" not in {item["name"] for item in admin.get("/tokens").json()["items"]}
+
+
+def test_a_verified_token_is_not_looked_up_again_until_its_cache_entry_expires(
+    admin, django_assert_num_queries, settings
+):
+    settings.FLOTILLA_TOKEN_CACHE_SECONDS = 60
+    created = admin.post("/tokens", {"name": "ci", "role": "viewer"}).json()
+    viewer = Api(created["token"])
+    assert viewer.get("/deployments").status_code == 200
+    with django_assert_num_queries(2):  # the listing's version and rows; no token row read
+        assert viewer.get("/deployments").status_code == 200
+    settings.FLOTILLA_TOKEN_CACHE_SECONDS = 0
+    verified.clear()
+    with django_assert_num_queries(3):  # token row, then the listing
+        assert viewer.get("/deployments").status_code == 200
+
+
+def test_a_revoked_node_token_stops_working_at_once_in_this_process(admin):
+    first = admin.post("/agent/register", {"name": "gpu-a"}).json()["token"]
+    node = Api(first)
+    assert node.post("/agent/heartbeat", {"name": "gpu-a"}).status_code == 200
+    second = Api(first).post("/agent/register", {"name": "gpu-a"}).json()["token"]
+    error_of(node.post("/agent/heartbeat", {"name": "gpu-a"}), 401)
+    assert Api(second).post("/agent/heartbeat", {"name": "gpu-a"}).status_code == 200
+
+
+def test_a_wrong_token_is_never_remembered(admin):
+    bogus = Api("flt_000000000000_not-a-real-secret")
+    for _ in range(2):
+        error_of(bogus.get("/deployments"), 401)
+    assert len(verified) == 0
 
 
 # --- apply ------------------------------------------------------------------------------

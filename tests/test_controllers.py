@@ -14,7 +14,7 @@ from controlplane.controllers import clusters, nodes, owners
 from controlplane.models import Change, Event, Lease, NodeLease, Resource
 from controlplane.specs import WORKLOAD_FINALIZER
 from controlplane.timeutil import now, rfc3339
-from tests.conftest import deployment
+from tests.conftest import age_lease, deployment
 
 pytestmark = pytest.mark.django_db
 
@@ -61,10 +61,6 @@ def training_job(name: str = "pretrain", **spec: Any) -> dict[str, Any]:
         **spec,
     }
     return {"apiVersion": API_VERSION, "kind": "TrainingJob", "metadata": {"name": name}, "spec": body}
-
-
-def age_lease(node_name: str, seconds: float = 3600) -> None:
-    NodeLease.objects.filter(node_name=node_name).update(renewed_at=now() - timedelta(seconds=seconds))
 
 
 # --- scheduling a Deployment --------------------------------------------------------

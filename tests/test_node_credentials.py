@@ -11,7 +11,7 @@ from controlplane.apply import apply
 from controlplane.controllers import nodes, owners
 from controlplane.models import NodeLease, Resource
 from controlplane.timeutil import now
-from tests.conftest import Api, deployment, simulated_devices
+from tests.conftest import Api, age_lease, deployment, simulated_devices
 from tests.test_api import error_of
 
 
@@ -106,7 +106,7 @@ def test_a_bootstrap_token_cannot_take_over_a_live_node_but_can_recover_a_silent
     first = register(bootstrap, "gpu-a")
     error = error_of(bootstrap.post("/agent/register", {"name": "gpu-a", "devices": []}), 403)
     assert "alive" in error["message"]
-    NodeLease.objects.filter(node_name="gpu-a").update(renewed_at=now() - timedelta(hours=1))
+    age_lease("gpu-a", 3600)
     nodes.check_heartbeats()
     recovered = register(bootstrap, "gpu-a")
     assert recovered["node"]["metadata"]["uid"] == first["node"]["metadata"]["uid"]
@@ -114,7 +114,7 @@ def test_a_bootstrap_token_cannot_take_over_a_live_node_but_can_recover_a_silent
 
 def test_a_heartbeat_with_bad_telemetry_still_counts(bootstrap):
     node = Api(register(bootstrap, "gpu-a")["token"])
-    NodeLease.objects.filter(node_name="gpu-a").update(renewed_at=now() - timedelta(minutes=5))
+    age_lease("gpu-a", 300)
     response = node.post("/agent/heartbeat", {"name": "gpu-a", "telemetry": {"devices": [{"index": -1}]}})
     assert response.status_code == 200
     assert response.json()["telemetryRejected"]["code"] == "Invalid"

@@ -308,3 +308,22 @@ def test_the_celery_task_downsamples_and_skips_while_another_worker_holds_the_le
     assert skipped == {"skipped": 1}
     assert counts["rawFolded"] == 1
     assert MinuteSample.objects.filter(node="gpu-1").count() == 1
+
+
+@pytest.mark.parametrize("chunk", [200, 2], ids=["few nodes", "more nodes than a chunk"])
+def test_latest_finds_reporting_and_long_silent_nodes_alike(db, monkeypatch, chunk):
+    monkeypatch.setattr(store, "QUERY_CHUNK", chunk)
+    moment = utcnow()
+    for node, ages in {"live-a": [5, 65], "live-b": [20], "silent": [600, 1200], "gone": []}.items():
+        for age in ages:
+            store.record(
+                node, {"devices": [{"index": 0, "powerW": 100.0 + age}]}, at=moment - timedelta(seconds=age)
+            )
+    latest = store.latest_many(["live-a", "live-b", "silent", "gone"])
+    assert set(latest) == {"live-a", "live-b", "silent"}
+    assert {n: item["powerW"] for n, item in latest.items()} == {
+        "live-a": 105.0,
+        "live-b": 120.0,
+        "silent": 700.0,
+    }
+    assert store.fleet_power(["live-a", "silent"]) == 805.0

@@ -34,6 +34,26 @@ from controlplane.ports import free_port
 GPU_MEMORY_MIB = 81559
 
 
+def add_backend_args(parser: argparse.ArgumentParser) -> None:
+    """--backends, --database-url, --broker-url and --json: what every stack bench takes."""
+    parser.add_argument(
+        "--backends",
+        default="sqlite,postgresql",
+        help="comma-separated: sqlite (embedded defaults), postgresql (needs --database-url)",
+    )
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test"),
+        help="a PostgreSQL server; the bench creates and drops a database of its own there",
+    )
+    parser.add_argument(
+        "--broker-url",
+        default=os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/0"),
+        help="the Redis broker used with postgresql",
+    )
+    parser.add_argument("--json", dest="json_path", help="also write the JSON result here")
+
+
 def add_bench_parser(sub: Any) -> None:
     parser = sub.add_parser("bench", help="run a benchmark; prints a table and JSON")
     benches = parser.add_subparsers(dest="bench", required=True, metavar="BENCH")
@@ -42,23 +62,8 @@ def add_bench_parser(sub: Any) -> None:
     apply.add_argument("--gpus-per-node", type=int, default=8)
     apply.add_argument("--nodes", type=int, help="default: enough GPUs for every deployment")
     apply.add_argument("--clients", type=int, default=4, help="concurrent apply clients")
-    apply.add_argument(
-        "--backends",
-        default="sqlite,postgresql",
-        help="comma-separated: sqlite (embedded defaults), postgresql (needs --database-url)",
-    )
-    apply.add_argument(
-        "--database-url",
-        default=os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test"),
-        help="a PostgreSQL server; the bench creates and drops a database of its own there",
-    )
-    apply.add_argument(
-        "--broker-url",
-        default=os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/0"),
-        help="the Redis broker used with postgresql",
-    )
     apply.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for convergence")
-    apply.add_argument("--json", dest="json_path", help="also write the JSON result here")
+    add_backend_args(apply)
     apply.set_defaults(handler=run_apply_bench)
 
     from agents.runtimes.serve.bench_cli import add_parser as add_serve_bench
@@ -68,6 +73,10 @@ def add_bench_parser(sub: Any) -> None:
     from controlplane.cli.bench_agents import add_parser as add_agents_bench
 
     add_agents_bench(benches)
+
+    from controlplane.cli.bench_dashboard import add_parser as add_dashboard_bench
+
+    add_dashboard_bench(benches)
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -3,7 +3,9 @@
 For each back end it starts a fresh stack (web server, Celery worker and beat),
 then runs N agents as asyncio tasks. Each registers (getting its node token),
 heartbeats every ``--interval`` seconds with jitter, and keeps a long-poll watch
-on the Workloads bound to its node, as the real agent does. Watch latency is
+on the Workloads bound to its node, as the real agent does, each on its own
+keep-alive connection (``bench_http``, so the load generator stays light).
+Watch latency is
 measured with probes: the bench writes a timestamp into the status of a Workload
 on some node, and the node's agent notes when the change reaches it. Server CPU
 is read from /proc for the stack's processes over the measured window.
@@ -26,7 +28,8 @@ from typing import Any
 import httpx
 import yaml
 
-from controlplane.cli.bench import GPU_MEMORY_MIB, on_each_backend, percentile
+from controlplane.cli import bench_http
+from controlplane.cli.bench import GPU_MEMORY_MIB, add_backend_args, on_each_backend, percentile
 from controlplane.cli.output import table
 from controlplane.cli.stack import Stack
 from controlplane.ports import free_port
@@ -40,15 +43,13 @@ def add_parser(benches: Any) -> None:
     parser.add_argument("--interval", type=float, default=5.0, help="heartbeat seconds per agent")
     parser.add_argument("--duration", type=float, default=60.0, help="seconds measured after start-up")
     parser.add_argument("--probes", type=int, default=50, help="Workloads used as watch-latency probes")
-    parser.add_argument("--backends", default="sqlite,postgresql", help="sqlite and/or postgresql")
     parser.add_argument(
-        "--database-url",
-        default=os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test"),
+        "--web-workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="gunicorn worker processes (default: one per core, as a deployment would run)",
     )
-    parser.add_argument(
-        "--broker-url", default=os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/0")
-    )
-    parser.add_argument("--json", dest="json_path", help="also write the JSON result here")
+    add_backend_args(parser)
     parser.set_defaults(handler=run)
 
 
@@ -76,12 +77,15 @@ class Fleet:
         self.heartbeats: list[float] = []
         self.watch_latency: list[float] = []
         self.errors: dict[str, int] = {}
+        self.first_errors: dict[str, str] = {}
         self.measuring = False
         self.stop = asyncio.Event()
         self.tokens: dict[str, str] = {}
 
-    def error(self, what: str) -> None:
+    def error(self, what: str, exc: Exception) -> None:
         self.errors[what] = self.errors.get(what, 0) + 1
+        if what not in self.first_errors:
+            self.first_errors[what] = str(exc)[:300]
 
     async def register(self, client: httpx.AsyncClient, name: str) -> None:
         devices = [
@@ -97,37 +101,39 @@ class Fleet:
                 response.raise_for_status()
                 self.tokens[name] = response.json()["token"]
                 return
-            except httpx.HTTPError:
-                self.error("register")
+            except httpx.HTTPError as exc:
+                self.error("register", exc)
                 await asyncio.sleep(0.5 * (attempt + 1))
 
-    async def heartbeat_loop(self, client: httpx.AsyncClient, name: str) -> None:
+    async def heartbeat_loop(self, conn: bench_http.Connection, name: str) -> None:
         headers = {"Authorization": f"Bearer {self.tokens[name]}"}
         await asyncio.sleep(random.uniform(0, self.args.interval))
         while not self.stop.is_set():
             started = time.monotonic()
             try:
-                response = await client.post("/api/v1/agent/heartbeat", json={"name": name}, headers=headers)
+                response = await conn.request(
+                    "POST", "/api/v1/agent/heartbeat", json_body={"name": name}, headers=headers
+                )
                 response.raise_for_status()
                 if self.measuring:
                     self.heartbeats.append((time.monotonic() - started) * 1000)
-            except httpx.HTTPError:
+            except bench_http.HTTPError as exc:
                 if self.measuring:
-                    self.error("heartbeat")
+                    self.error("heartbeat", exc)
             await asyncio.sleep(self.args.interval * random.uniform(0.9, 1.1))
 
-    async def watch_loop(self, client: httpx.AsyncClient, name: str) -> None:
+    async def watch_loop(self, conn: bench_http.Connection, name: str) -> None:
         headers = {"Authorization": f"Bearer {self.tokens[name]}"}
         since = None
         while not self.stop.is_set():
             try:
                 if since is None:
-                    response = await client.get("/api/v1/workloads", headers=headers)
+                    response = await conn.request("GET", "/api/v1/workloads", headers=headers)
                     response.raise_for_status()
                     since = response.json()["metadata"]["resourceVersion"]
                     continue
                 params = {"watch": "true", "resourceVersion": since, "timeoutSeconds": WATCH_SECONDS}
-                response = await client.get("/api/v1/workloads", params=params, headers=headers)
+                response = await conn.request("GET", "/api/v1/workloads", params=params, headers=headers)
                 arrived = time.time()
                 if response.status_code == 410:
                     since = None
@@ -139,9 +145,9 @@ class Fleet:
                     probe = event["object"].get("status", {}).get("probe")
                     if probe and self.measuring:
                         self.watch_latency.append((arrived - probe) * 1000)
-            except httpx.HTTPError:
+            except bench_http.HTTPError as exc:
                 if self.measuring:
-                    self.error("watch")
+                    self.error("watch", exc)
                 await asyncio.sleep(1.0)
 
     async def probe_loop(self, client: httpx.AsyncClient, workloads: list[str]) -> None:
@@ -155,8 +161,8 @@ class Fleet:
                     headers=headers,
                 )
                 response.raise_for_status()
-            except httpx.HTTPError:
-                self.error("probe")
+            except httpx.HTTPError as exc:
+                self.error("probe", exc)
             await asyncio.sleep(0.5)
 
 
@@ -207,15 +213,12 @@ async def probe_workloads(
 async def drive(stack: Stack, token: str, args: argparse.Namespace, label: str) -> dict[str, Any]:
     fleet = Fleet(stack.url, token, args)
     timeout = httpx.Timeout(WATCH_SECONDS + 30)
-    # One small client per agent, as each real agent has: a single client with
-    # thousands of pooled connections spends its time scanning its own pool.
-    agent_clients: dict[str, httpx.AsyncClient] = {}
+    # Each agent holds two connections, as a real one does: heartbeats, and its watch.
+    connections: list[bench_http.Connection] = []
 
-    def client_for(name: str) -> httpx.AsyncClient:
-        if name not in agent_clients:
-            limits = httpx.Limits(max_connections=2, max_keepalive_connections=2)
-            agent_clients[name] = httpx.AsyncClient(base_url=stack.url, limits=limits, timeout=timeout)
-        return agent_clients[name]
+    def connect() -> bench_http.Connection:
+        connections.append(bench_http.Connection(stack.url, timeout=WATCH_SECONDS + 30))
+        return connections[-1]
 
     async with httpx.AsyncClient(base_url=stack.url, timeout=timeout) as client:
         names = [f"sim-{i:05d}" for i in range(args.agents)]
@@ -226,8 +229,8 @@ async def drive(stack: Stack, token: str, args: argparse.Namespace, label: str) 
             f"[{label}] {len(fleet.tokens)} agents registered in {time.monotonic() - started:.1f}s",
             file=sys.stderr,
         )
-        tasks = [asyncio.create_task(fleet.heartbeat_loop(client_for(n), n)) for n in fleet.tokens]
-        tasks += [asyncio.create_task(fleet.watch_loop(client_for(n), n)) for n in fleet.tokens]
+        tasks = [asyncio.create_task(fleet.heartbeat_loop(connect(), n)) for n in fleet.tokens]
+        tasks += [asyncio.create_task(fleet.watch_loop(connect(), n)) for n in fleet.tokens]
         try:
             probes = await probe_workloads(client, token, min(args.probes, args.agents))
             tasks.append(asyncio.create_task(fleet.probe_loop(client, probes)))
@@ -245,7 +248,7 @@ async def drive(stack: Stack, token: str, args: argparse.Namespace, label: str) 
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            await asyncio.gather(*(c.aclose() for c in agent_clients.values()), return_exceptions=True)
+            await asyncio.gather(*(c.close() for c in connections), return_exceptions=True)
     return {
         "backend": label,
         "agents": len(fleet.tokens),
@@ -262,18 +265,21 @@ async def drive(stack: Stack, token: str, args: argparse.Namespace, label: str) 
         },
         "errors": dict(fleet.errors),
         "errorCount": sum(fleet.errors.values()),
+        "firstErrors": dict(fleet.first_errors),
         "serverCpuCores": round(cpu / window, 2),
     }
 
 
 def bench_backend(label: str, env: dict[str, str], args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix=f"flotilla-bench-agents-{label}-") as home:
-        # One thread per held long-poll plus headroom for everything else.
         stack = Stack(
             home=Path(home),
             port=free_port(),
             env={**env, "FLOTILLA_LOAD_ENTRYPOINTS": "false"},
+            # One thread per held long-poll plus headroom; any one worker may end up
+            # holding most of them, so each gets that many.
             web_threads=args.agents + 64,
+            web_workers=args.web_workers,
         )
         print(f"[{label}] starting web server, worker and beat ...", file=sys.stderr)
         stack.start()

@@ -191,6 +191,16 @@ def cmd_token(args: argparse.Namespace, client: Client) -> int:
     return 0
 
 
+def cmd_user(args: argparse.Namespace, client: Client) -> int:
+    result = client.request(
+        "POST", "/api/v1/users", json={"name": args.name, "role": args.role, "reset": args.reset}
+    )
+    print(f"user/{result['name']} {'reset' if args.reset else 'created'} (role {result['role']})")
+    print(f"password: {result['password']}")
+    print("Store it now: it is not shown again. Log in at the dashboard's /login/.", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flotilla", description="Declarative control plane for GPU fleets.")
     parser.add_argument(
@@ -249,6 +259,15 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--role", choices=["admin", "operator", "viewer", "agent"], default="viewer")
     create.add_argument("--name")
 
+    user = sub.add_parser("user", help="manage dashboard users")
+    user_sub = user.add_subparsers(dest="user_command", required=True)
+    user_create = user_sub.add_parser("create", help="create a user; its password is printed once")
+    user_create.add_argument("name")
+    user_create.add_argument("--role", choices=["admin", "operator", "viewer"], default="viewer")
+    user_create.add_argument(
+        "--reset", action="store_true", help="set a new password (and role) if it exists"
+    )
+
     from agents.cli import add_agent_parser
     from controlplane.cli.bench import add_bench_parser
 
@@ -267,6 +286,7 @@ COMMANDS = {
     "plugins": cmd_plugins,
     "logs": cmd_logs,
     "token": cmd_token,
+    "user": cmd_user,
 }
 
 

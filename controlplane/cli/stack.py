@@ -31,6 +31,7 @@ class Stack:
     host: str = "127.0.0.1"
     env: dict[str, str] = field(default_factory=dict)
     web_threads: int = 16
+    web_workers: int = 1
     worker_concurrency: int = 2
     quiet: bool = True
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
@@ -70,8 +71,12 @@ class Stack:
     def migrate(self) -> None:
         self.manage("migrate", "--noinput")
 
+    def bootstrap(self) -> dict[str, str | None]:
+        """The first admin token and dashboard admin password (each None if made before)."""
+        return json.loads(self.manage("flotilla_bootstrap").strip().splitlines()[-1])
+
     def bootstrap_token(self) -> str | None:
-        return json.loads(self.manage("flotilla_bootstrap").strip().splitlines()[-1])["token"]
+        return self.bootstrap()["token"]
 
     def log(self, name: str) -> Path:
         (self.home / "logs").mkdir(parents=True, exist_ok=True)
@@ -104,7 +109,7 @@ class Stack:
                 "--worker-connections",
                 str(max(1000, self.web_threads * 2 + 100)),
                 "--workers",
-                "1",
+                str(self.web_workers),
                 "--threads",
                 str(self.web_threads),
                 "--timeout",

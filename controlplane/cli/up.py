@@ -25,7 +25,8 @@ def run_up(args: argparse.Namespace) -> int:
     print(f"flotilla: home {home}; logs in {home / 'logs'}")
     print("flotilla: migrating the database ...")
     stack.migrate()
-    token = stack.bootstrap_token()
+    first = stack.bootstrap()
+    token, password = first["token"], first.get("password")
     if token:
         write_config(stack.url, token)
     else:
@@ -63,7 +64,7 @@ def run_up(args: argparse.Namespace) -> int:
             ]
             stack.spawn("agent", agent)
         _apply_examples_once(stack, token, home)
-        _banner(stack, token, home)
+        _banner(stack, token, home, password)
         while not stopping:
             for name, process in list(stack.processes.items()):
                 if process.poll() is not None:
@@ -96,9 +97,12 @@ def _apply_examples_once(stack: Stack, token: str | None, home: Path) -> None:
         client.close()
 
 
-def _banner(stack: Stack, token: str | None, home: Path) -> None:
+def _banner(stack: Stack, token: str | None, home: Path, password: str | None) -> None:
     print()
     print(f"  Flotilla is running:  {stack.url}/")
+    if password:
+        print(f"  Dashboard log-in:     admin / {password}")
+        print("                        (shown once; flotilla user create admin --role admin --reset)")
     print(f"  API:                  {stack.url}/api/v1/  (schema at /api/v1/openapi.json)")
     if token and not (home / "token-shown").exists():
         print(f"  Admin token:          {token}")

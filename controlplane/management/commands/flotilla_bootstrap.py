@@ -1,11 +1,16 @@
-"""Create the first admin token, once. Prints JSON: the token, or null when one exists."""
+"""Create the first admin token and dashboard admin, once.
+
+Prints JSON: the token and the admin's password, each null when one exists already.
+"""
 
 import json
 
+from django.contrib.auth.models import User
 from django.core.management.base import BaseCommand
 
 from controlplane.auth import create_token
 from controlplane.models import ApiToken
+from controlplane.users import create_or_reset
 
 
 class Command(BaseCommand):
@@ -21,8 +26,11 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, **options):
+        password = None
+        if not User.objects.exists():
+            _, password, _ = create_or_reset("admin", "admin")
         if not options["force"] and ApiToken.objects.filter(role="admin", revoked=False).exists():
-            self.stdout.write(json.dumps({"token": None}))
+            self.stdout.write(json.dumps({"token": None, "password": password}))
             return
         token, _ = create_token(options["name"], "admin")
-        self.stdout.write(json.dumps({"token": token}))
+        self.stdout.write(json.dumps({"token": token, "password": password}))

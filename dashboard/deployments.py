@@ -1,0 +1,572 @@
+"""Deployments: the list, one Deployment's page, and the operator's actions on it.
+
+The list shows, per Deployment, replicas ready/desired, where its Workloads run,
+its SLO targets against the latency its replicas last reported, its endpoints and
+its conditions. A page of 50 costs the same handful of queries whatever the fleet's
+size: one for the page, one for all of its Workloads, one for the newest telemetry
+of their nodes.
+
+Every write (scale, edit, delete) goes through ``controlplane.apply`` or
+``controlplane.api.delete``, the code behind the REST API, so validation,
+generation bumps and the audit log are the same whichever door an operator uses.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from statistics import fmean
+from typing import Any
+
+import yaml
+from django.contrib import messages
+from django.core.paginator import Page
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import path
+from django.utils.safestring import SafeString
+from django.views.decorators.http import require_http_methods, require_POST, require_safe
+
+from controlplane import api, store
+from controlplane import apply as applier
+from controlplane.conditions import is_true
+from controlplane.controllers.owners import replica_index
+from controlplane.errors import ApiError, Invalid
+from controlplane.models import Event, Resource
+from controlplane.specs import KINDS
+from controlplane.telemetry import store as telemetry
+from controlplane.telemetry.models import RawSample
+from controlplane.timeutil import now
+from dashboard.applypage import parse_text, plan_rows, problem_view
+from dashboard.charts import Series, line_chart
+from dashboard.common import actor, badge, page_of, querystring
+from dashboard.roles import needs
+
+KIND = "Deployment"
+STATES = ("Ready", "Progressing", "Unschedulable", "Deleting")
+CHART_WINDOW = timedelta(hours=1)
+EVENTS_SHOWN = 20
+
+# --- what serving Workloads report ----------------------------------------------------------
+#
+# The agent sends each Workload's numeric /stats values (agents/runtimes/serve/metrics.py)
+# under the raw sample's ``workloads``, flattened one level (agents.agent.flat_numbers):
+# requestsTotal, kvBlocksUsed/Free/Total, and ``ttftSeconds.p99``, ``tpotSeconds.p50`` ...
+QUANTILES = ("p99", "p50")
+
+
+def latency_ms(metrics: dict[str, float], which: str) -> tuple[float, str] | None:
+    """(milliseconds, quantile) of ``ttft``/``tpot`` in one Workload's metrics; p99 preferred."""
+    for quantile in QUANTILES:
+        value = metrics.get(f"{which}Seconds.{quantile}")
+        if value is not None:
+            return value * 1000.0, quantile
+    return None
+
+
+def kv_blocks(metrics: dict[str, float]) -> tuple[float, float] | None:
+    """(used, total) KV-cache blocks, or None when the Workload does not report them."""
+    used = metrics.get("kvBlocksUsed")
+    total = metrics.get("kvBlocksTotal")
+    if total is None and used is not None and metrics.get("kvBlocksFree") is not None:
+        total = used + metrics["kvBlocksFree"]
+    if used is None or not total:
+        return None
+    return used, total
+
+
+# --- reading ----------------------------------------------------------------------------
+
+
+def _get(name: str) -> Resource:
+    resource = store.find(KIND, name)
+    if resource is None:
+        raise Http404(f"deployment/{name} not found")
+    return resource
+
+
+def state_of(resource: Resource) -> str:
+    """The one word the condition filter matches: Deleting, Unschedulable, Ready or Progressing."""
+    if resource.deletion_timestamp is not None:
+        return "Deleting"
+    return _state(resource.status)
+
+
+def _state(status: dict[str, Any]) -> str:
+    for item in status.get("conditions") or []:
+        if item.get("type") == "Scheduled" and item.get("status") == "False":
+            return "Unschedulable"
+    return "Ready" if is_true(status, "Ready") else "Progressing"
+
+
+def _badges(resource: Resource) -> list[tuple[str, str]]:
+    """Scheduled and Ready as badges; a refused placement is bad, not merely pending."""
+    shown = []
+    if resource.deletion_timestamp is not None:
+        shown.append(("bad", "Deleting"))
+    for kind in ("Scheduled", "Ready"):
+        css, text = badge(resource.status, kind)
+        if kind == "Scheduled" and css == "warn":
+            css = "bad"
+        shown.append((css, text))
+    return shown
+
+
+def _workload_rows(owner_uids: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
+    """Each owner's Workloads (name, node, GPUs, role, phase, ready), in one query."""
+    found: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    rows = Resource.objects.filter(kind="Workload", owner_uid__in=list(owner_uids)).only(
+        "name", "owner_uid", "node_name", "gpu_indices", "spec", "status", "labels"
+    )
+    for workload in sorted(rows, key=replica_index):
+        found[workload.owner_uid].append(
+            {
+                "name": workload.name,
+                "node": workload.node_name,
+                "gpus": [int(i) for i in workload.gpu_indices.split(",") if i],
+                "role": workload.spec.get("role", ""),
+                "phase": workload.status.get("phase") or "Pending",
+                "ready": is_true(workload.status, "Ready"),
+                "endpoint": workload.status.get("endpoint") or "",
+                "message": _ready_message(workload.status),
+            }
+        )
+    return found
+
+
+def _ready_message(status: dict[str, Any]) -> str:
+    for item in status.get("conditions") or []:
+        if item.get("type") == "Ready":
+            return item.get("message") or item.get("reason") or ""
+    return ""
+
+
+def placement(workloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Workloads grouped by (node, role): "gpu-a · GPUs 0,1 · serve ×2" reads faster than a list."""
+    groups: dict[tuple[str, str], dict[str, Any]] = {}
+    for w in workloads:
+        group = groups.setdefault((w["node"], w["role"]), {"node": w["node"], "role": w["role"], "gpus": []})
+        group["gpus"].extend(w["gpus"])
+        group["count"] = group.get("count", 0) + 1
+    return [
+        {**g, "gpus": ",".join(str(i) for i in sorted(g["gpus"])), "gpu_count": len(g["gpus"])}
+        for g in groups.values()
+    ]
+
+
+def measured(workloads: list[dict[str, Any]], latest: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The slowest replica's reported TTFT and TPOT, from its node's newest sample."""
+    worst: dict[str, tuple[float, str]] = {}
+    for w in workloads:
+        metrics = ((latest.get(w["node"]) or {}).get("workloads") or {}).get(w["name"])
+        for which in ("ttft", "tpot"):
+            value = latency_ms(metrics, which) if metrics else None
+            if value is not None and value[0] >= worst.get(which, (-1.0, ""))[0]:
+                worst[which] = value
+    return worst
+
+
+def slo_lines(spec: dict[str, Any], worst: dict[str, tuple[float, str]]) -> list[dict[str, Any]]:
+    """TTFT and TPOT: target, measured (or None) and whether the measurement meets the target."""
+    slo = spec.get("slo") or {}
+    lines = []
+    for which, key in (("ttft", "ttftMs"), ("tpot", "tpotMs")):
+        target = slo.get(key)
+        value, quantile = worst.get(which, (None, ""))
+        css = ""
+        if value is not None and target:
+            css = "ok" if value <= target else "bad"
+        lines.append(
+            {
+                "metric": which,
+                "label": which.upper(),
+                "target": target,
+                "value": value,
+                "quantile": quantile,
+                "css": css,
+            }
+        )
+    return lines
+
+
+def endpoints(status: dict[str, Any]) -> list[dict[str, Any]]:
+    """status.endpoints; only http(s) URLs become links."""
+    return [
+        {"url": url, "link": url.startswith(("http://", "https://"))}
+        for url in status.get("endpoints") or []
+        if isinstance(url, str)
+    ]
+
+
+def rows_for(resources: list[Resource]) -> list[dict[str, Any]]:
+    """Table rows for a page of Deployments: two queries however many there are."""
+    workloads = _workload_rows(str(r.uid) for r in resources)
+    nodes = {w["node"] for ws in workloads.values() for w in ws}
+    latest = telemetry.latest_many(nodes) if nodes else {}
+    rows = []
+    for resource in resources:
+        mine = workloads.get(str(resource.uid), [])
+        replicas = resource.status.get("replicas") or {}
+        rows.append(
+            {
+                "name": resource.name,
+                "model": (resource.spec.get("model") or {}).get("source", ""),
+                "desired": resource.spec.get("replicas", 1),
+                "ready": replicas.get("ready", 0),
+                "scheduled": replicas.get("scheduled", len(mine)),
+                "state": state_of(resource),
+                "badges": _badges(resource),
+                "placement": placement(mine),
+                "slo": slo_lines(resource.spec, measured(mine, latest)),
+                "endpoints": endpoints(resource.status),
+                "workloads": mine,
+            }
+        )
+    return rows
+
+
+def _page(request: HttpRequest, name: str, state: str) -> tuple[Page, list[Resource]]:
+    """The requested page of Deployments, filtered; conditions live in JSON, so that filter
+    runs over (id, status) pairs and only the page's rows are loaded whole."""
+    base = Resource.objects.filter(kind=KIND)
+    if name:
+        base = base.filter(name__icontains=name)
+    if state not in STATES:
+        page = page_of(request, base.order_by("name"))
+        return page, list(page.object_list)
+    pairs = base.order_by("name").values_list("id", "status", "deletion_timestamp")
+    ids = [
+        pk for pk, status, deleting in pairs if ("Deleting" if deleting else _state(status or {})) == state
+    ]
+    page = page_of(request, ids)
+    return page, list(Resource.objects.filter(id__in=list(page.object_list)).order_by("name"))
+
+
+def _list_context(request: HttpRequest) -> dict[str, Any]:
+    name = request.GET.get("name", "").strip()
+    state = request.GET.get("condition", "")
+    page, resources = _page(request, name, state)
+    return {
+        "rows": rows_for(resources),
+        "page": page,
+        "pager_query": querystring(request, page=None),
+        "live_query": request.GET.urlencode(),
+        "name": name,
+        "condition": state if state in STATES else "",
+        "states": STATES,
+        "any_deployments": bool(resources) or Resource.objects.filter(kind=KIND).exists(),
+    }
+
+
+# --- one Deployment ---------------------------------------------------------------------
+
+
+def editable_yaml(resource: Resource) -> str:
+    """The object as an operator would apply it, with resourceVersion so a stale save is refused."""
+    metadata: dict[str, Any] = {"name": resource.name, "resourceVersion": str(resource.resource_version)}
+    if resource.labels:
+        metadata["labels"] = resource.labels
+    if resource.annotations:
+        metadata["annotations"] = resource.annotations
+    document = {"apiVersion": "flotilla.dev/v1", "kind": KIND, "metadata": metadata, "spec": resource.spec}
+    return yaml.safe_dump(document, sort_keys=False, default_flow_style=False)
+
+
+def _minute(moment: datetime) -> datetime:
+    return moment.replace(second=0, microsecond=0)
+
+
+def _samples(workloads: list[dict[str, Any]], since: datetime) -> dict[datetime, dict[str, list[dict]]]:
+    """Raw telemetry of these Workloads since ``since``, by minute and Workload (one query).
+
+    Only raw samples carry Workload metrics, and they are kept for the last hour.
+    """
+    nodes = {w["node"] for w in workloads if w["node"]}
+    names = {w["name"] for w in workloads}
+    by_minute: dict[datetime, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    if not nodes:
+        return by_minute
+    rows = RawSample.objects.filter(node__in=nodes, at__gte=since).order_by("at")
+    for at, reported in rows.values_list("at", "workloads"):
+        for name, metrics in (reported or {}).items():
+            if name in names and isinstance(metrics, dict):
+                by_minute[_minute(at)][name].append({"at": at, **metrics})
+    return by_minute
+
+
+def _request_rates(by_minute: dict[datetime, dict[str, list[dict]]]) -> dict[datetime, float]:
+    """Requests per second per minute, summed over replicas, from requestsTotal counter deltas.
+
+    A counter that went down (a restarted runtime) starts over; that interval is skipped.
+    """
+    last: dict[str, tuple[datetime, float]] = {}
+    rates: dict[datetime, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for minute in sorted(by_minute):
+        for name, samples in by_minute[minute].items():
+            for sample in samples:
+                total = sample.get("requestsTotal")
+                if total is None:
+                    continue
+                previous = last.get(name)
+                last[name] = (sample["at"], total)
+                if previous is None:
+                    continue
+                seconds = (sample["at"] - previous[0]).total_seconds()
+                if seconds > 0 and total >= previous[1]:
+                    rates[minute][name].append((total - previous[1]) / seconds)
+    return {minute: sum(fmean(v) for v in per.values()) for minute, per in rates.items()}
+
+
+def _latency(by_minute: dict[datetime, dict[str, list[dict]]], which: str) -> dict[datetime, float]:
+    """Mean over replicas and samples of each minute's reported latency, in ms."""
+    found = {}
+    for minute, per in by_minute.items():
+        values = [v[0] for samples in per.values() for s in samples if (v := latency_ms(s, which))]
+        if values:
+            found[minute] = fmean(values)
+    return found
+
+
+def _kv_use(by_minute: dict[datetime, dict[str, list[dict]]]) -> dict[datetime, float]:
+    """KV-cache blocks in use as % of all replicas' blocks, per minute."""
+    found = {}
+    for minute, per in by_minute.items():
+        used = total = 0.0
+        for samples in per.values():
+            pairs = [p for s in samples if (p := kv_blocks(s))]
+            if pairs:
+                used += fmean(p[0] for p in pairs)
+                total += fmean(p[1] for p in pairs)
+        if total:
+            found[minute] = 100.0 * used / total
+    return found
+
+
+def _points(values: dict[datetime, float], minutes: list[datetime]) -> list[tuple[datetime, float | None]]:
+    """One point per minute of the window; a minute without data breaks the line."""
+    return [(m, values.get(m)) for m in minutes]
+
+
+def charts(workloads: list[dict[str, Any]]) -> dict[str, SafeString]:
+    """Request rate, TTFT/TPOT and KV-cache use over the last hour (or each chart's empty note)."""
+    end = _minute(now())
+    minutes = [end - timedelta(minutes=n) for n in range(int(CHART_WINDOW.total_seconds() // 60), -1, -1)]
+    by_minute = _samples(workloads, minutes[0])
+    return {
+        "requests": line_chart(
+            [Series("requests/s", _points(_request_rates(by_minute), minutes))],
+            title="Request rate",
+            unit="req/s",
+        ),
+        "latency": line_chart(
+            [
+                Series("TTFT", _points(_latency(by_minute, "ttft"), minutes)),
+                Series("TPOT", _points(_latency(by_minute, "tpot"), minutes)),
+            ],
+            title="Latency",
+            unit="ms",
+        ),
+        "kv": line_chart(
+            [Series("KV cache in use", _points(_kv_use(by_minute), minutes))],
+            title="KV cache in use",
+            unit="%",
+            y_max=100.0,
+        ),
+    }
+
+
+def _events(name: str) -> list[Event]:
+    return list(Event.objects.filter(kind=KIND, name=name).order_by("-last_seen")[:EVENTS_SHOWN])
+
+
+def _status_context(resource: Resource) -> dict[str, Any]:
+    (row,) = rows_for([resource])
+    return {
+        "d": resource,
+        "row": row,
+        "conditions": resource.status.get("conditions") or [],
+        "observed": resource.status.get("observedGeneration"),
+    }
+
+
+def _detail_context(resource: Resource) -> dict[str, Any]:
+    context = _status_context(resource)
+    context.update(
+        spec_yaml=editable_yaml(resource),
+        events=_events(resource.name),
+        charts=charts(context["row"]["workloads"]),
+    )
+    return context
+
+
+# --- views: reading ---------------------------------------------------------------------
+
+
+@needs("viewer")
+@require_safe
+def deployments(request: HttpRequest) -> HttpResponse:
+    return render(request, "dashboard/deployments.html", _list_context(request))
+
+
+@needs("viewer")
+@require_safe
+def deployments_live(request: HttpRequest) -> HttpResponse:
+    return render(request, "dashboard/deployment_list.html", _list_context(request))
+
+
+@needs("viewer")
+@require_safe
+def deployment(request: HttpRequest, name: str) -> HttpResponse:
+    return render(request, "dashboard/deployment.html", _detail_context(_get(name)))
+
+
+@needs("viewer")
+@require_safe
+def deployment_live(request: HttpRequest, name: str) -> HttpResponse:
+    """The status block; once the Deployment is gone, htmx's 286 stops the polling."""
+    resource = store.find(KIND, name)
+    if resource is None:
+        return render(request, "dashboard/deployment_gone.html", {"name": name}, status=286)
+    return render(request, "dashboard/deployment_status.html", _status_context(resource))
+
+
+# --- views: actions -----------------------------------------------------------------------
+
+
+def _error_text(exc: ApiError) -> str:
+    """One line for a message: each problem's field, what is wrong and its fix."""
+    details = problem_view(exc)["details"]
+    if not details:
+        return exc.message
+    return "; ".join(
+        f"{d['field'] or 'input'}: {d['message'] or exc.message} — fix: {d['fix']}" for d in details
+    )
+
+
+@needs("operator")
+@require_POST
+def scale(request: HttpRequest, name: str) -> HttpResponse:
+    """Set spec.replicas through the API's replace path: validated, generation bumped, audited."""
+    resource = _get(name)
+    document = store.to_document(resource)
+    document.pop("status", None)
+    # The raw text goes to the spec model, so "abc" or -1 get the API's own field-level message.
+    document["spec"] = {**resource.spec, "replicas": request.POST.get("replicas", "").strip()}
+    try:
+        outcome = applier.replace(document, KIND, name, actor(request))
+    except ApiError as exc:
+        messages.error(request, f"Not scaled: {_error_text(exc)}")
+        return redirect("deployment", name=name)
+    replicas = store.get(KIND, name).spec.get("replicas")
+    if outcome.action == "unchanged":
+        messages.info(request, f"deployment/{name} already has {replicas} replicas")
+    else:
+        generation = outcome.generation
+        messages.success(
+            request, f"deployment/{name} scaled to {replicas} replicas (generation {generation})"
+        )
+    return redirect("deployment", name=name)
+
+
+def _one_document(text: str, name: str) -> Any:
+    """The editor's single document; it must still be this Deployment (other objects: Apply page)."""
+    documents = parse_text(text)
+    if len(documents) != 1:
+        raise Invalid(
+            f"the editor holds {len(documents)} documents; it edits deployment/{name} only",
+            [{"document": 1, "field": "", "fix": "keep one document; apply others on the Apply page"}],
+        )
+    document = documents[0]
+    if not isinstance(document, dict) or not isinstance(document.get("metadata"), dict):
+        return document  # validation explains what is missing
+    if document.get("kind") != KIND:
+        raise Invalid(
+            f"kind is {document.get('kind')!r}; this page edits deployment/{name}",
+            [{"document": 0, "field": "kind", "fix": f"set kind: {KIND}, or use the Apply page"}],
+        )
+    given = document["metadata"].get("name")
+    if given is not None and given != name:
+        raise Invalid(
+            f"metadata.name is {given!r}; a Deployment cannot be renamed",
+            [
+                {
+                    "document": 0,
+                    "field": "metadata.name",
+                    "fix": f"keep name: {name}; for a new name apply a new Deployment and delete this one",
+                }
+            ],
+        )
+    return document
+
+
+def _save(document: Any, name: str, who: str) -> applier.Outcome:
+    """With metadata.resourceVersion (the editor's default) a concurrent change is refused;
+    without it the document is applied like ``flotilla apply``."""
+    metadata = document.get("metadata") if isinstance(document, dict) else None
+    if isinstance(metadata, dict) and metadata.get("resourceVersion"):
+        return applier.replace(document, KIND, name, who)
+    (outcome,) = applier.apply([document], actor=who)
+    return outcome
+
+
+def _stale(document: Any, resource: Resource) -> bool:
+    metadata = document.get("metadata") if isinstance(document, dict) else None
+    version = metadata.get("resourceVersion") if isinstance(metadata, dict) else None
+    return version is not None and str(version) != str(resource.resource_version)
+
+
+@needs("operator")
+@require_http_methods(["GET", "POST"])
+def edit(request: HttpRequest, name: str) -> HttpResponse:
+    """GET shows the editor; POST ``action=preview`` dry-runs it, ``action=save`` writes the
+    previewed text (carried in a hidden field). Any problem is shown and nothing is written."""
+    resource = _get(name)
+    context: dict[str, Any] = {"d": resource, "text": editable_yaml(resource)}
+    status = 200
+    if request.method == "POST":
+        context["text"] = text = request.POST.get("yaml", "")
+        try:
+            document = _one_document(text, name)
+            if request.POST.get("action") == "save":
+                outcome = _save(document, name, actor(request))
+                done = f"deployment/{name} {outcome.action} (generation {outcome.generation})"
+                messages.success(request, done)
+                return redirect("deployment", name=name)
+            (outcome,) = applier.apply([document], actor=actor(request), dry_run=True)
+            context.update(plan=plan_rows([outcome]), stale=_stale(document, resource))
+        except ApiError as exc:
+            context["error"] = problem_view(exc)
+            status = exc.status
+    return render(request, "dashboard/deployment_edit.html", context, status=status)
+
+
+@needs("operator")
+@require_POST
+def delete(request: HttpRequest, name: str) -> HttpResponse:
+    """Delete through the API's path (audited); the form must repeat the name as ``confirm``."""
+    _get(name)
+    if request.POST.get("confirm", "").strip() != name:
+        messages.error(request, f"Not deleted: type the name {name} in the box to confirm.")
+        return redirect("deployment", name=name)
+    try:
+        response = api.delete(KINDS[KIND], name, actor(request))
+    except ApiError as exc:
+        messages.error(request, f"Not deleted: {_error_text(exc)}")
+        return redirect("deployment", name=name)
+    if response.status_code == 200:
+        messages.success(request, f"deployment/{name} deleted")
+    else:
+        messages.success(request, f"deployment/{name} is being deleted: its Workloads stop first")
+    return redirect("deployments")
+
+
+urlpatterns = [
+    path("deployments/", deployments, name="deployments"),
+    path("deployments/live", deployments_live, name="deployments-live"),
+    path("deployments/<str:name>/", deployment, name="deployment"),
+    path("deployments/<str:name>/live", deployment_live, name="deployment-live"),
+    path("deployments/<str:name>/scale", scale, name="deployment-scale"),
+    path("deployments/<str:name>/edit", edit, name="deployment-edit"),
+    path("deployments/<str:name>/delete", delete, name="deployment-delete"),
+]
