@@ -68,8 +68,7 @@ def drain_node(name: str, actor: str) -> int:
     Raises ``controlplane.errors.NotFound`` for an unknown node.
     """
     with transaction.atomic():
-        store.lock_writes()
-        node = store.get("Node", name, for_update=True)
+        node = store.get("Node", name, for_update=True)  # takes the writers' lock first
         _set_unschedulable(node, True)
         workloads = list(Resource.objects.filter(kind="Workload", node_name=name).order_by("name"))
         for workload in workloads:

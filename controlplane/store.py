@@ -34,13 +34,24 @@ def next_version() -> int:
 
 
 def lock_writes() -> None:
-    """Serialise this transaction with every other writer (used around scheduling).
+    """Serialise this transaction with every other writer, before it locks anything else.
 
-    Bumping the counter takes its row lock (PostgreSQL) or the database write
-    lock (SQLite) until commit, so a scheduler's read of free GPUs cannot race
-    another scheduler's write.
+    Every write ends by bumping the counter, so holding the counter's row lock
+    (PostgreSQL) until commit puts this transaction ahead of all other writers:
+    a scheduler's read of free GPUs cannot race another scheduler's write. On
+    SQLite, ``transaction_mode=IMMEDIATE`` already took the database write lock
+    at BEGIN.
+
+    Lock order matters: a transaction that locked a Resource row first and the
+    counter second would deadlock with one that did the reverse (a controller
+    reconciling a Deployment while the API deletes it). So the counter comes
+    first everywhere: ``get(for_update=True)`` calls this before its row lock.
+    Taking the lock reads the row and writes nothing, so no resourceVersion is
+    spent on a transaction that ends up changing nothing.
     """
-    next_version()
+    locked = Counter.objects.select_for_update().filter(name=RV_COUNTER).values_list("value", flat=True)
+    if locked.first() is None:
+        next_version()  # first write ever: create the row (and hold it) instead
 
 
 def to_document(resource: Resource) -> dict[str, Any]:
@@ -70,8 +81,10 @@ def to_document(resource: Resource) -> dict[str, Any]:
 
 
 def get(kind: str, name: str, for_update: bool = False) -> Resource:
+    """The named object or NotFound; ``for_update`` locks it (after the writers' lock)."""
     queryset = Resource.objects.filter(kind=kind, name=name)
     if for_update:
+        lock_writes()
         queryset = queryset.select_for_update()
     resource = queryset.first()
     if resource is None:

@@ -482,6 +482,7 @@ def _save_labels(request: HttpRequest, node: Resource, text: str) -> None:
 def labels_view(request: HttpRequest, name: str) -> HttpResponse:
     text = request.POST.get("labels", "")
     with transaction.atomic():
+        store.lock_writes()  # before the row lock, as everywhere (see store.lock_writes)
         node = Resource.objects.select_for_update().filter(kind="Node", name=name).first()
         if node is None:
             return _missing(request, name)
