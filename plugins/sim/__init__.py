@@ -1,0 +1,53 @@
+"""A pure-Python serving simulator: GPU latency profiles, request traces, an engine-faithful
+discrete-event simulation, and SLO goodput search.
+
+Schedulers (Mélange, DistServe), ``flotilla plan`` and the benchmarks all size fleets with it,
+so it imports only the standard library: no Django, no torch, no NumPy.
+"""
+
+from plugins.sim.hardware import HARDWARE, Hardware, get_hardware
+from plugins.sim.profiles import SHAPES, GpuProfile, ModelShape, estimate, fit
+from plugins.sim.simulator import RequestResult, SimResult, simulate, simulate_disaggregated
+from plugins.sim.slo import Slo, goodput, goodput_per_gpu, max_rate, meets
+from plugins.sim.workload import (
+    DEFAULT_BUCKETS,
+    Buckets,
+    LengthDist,
+    Request,
+    gamma,
+    load_burstgpt,
+    mixed_80_20,
+    poisson,
+    short_chat,
+    summarisation,
+)
+
+__all__ = [
+    "DEFAULT_BUCKETS",
+    "HARDWARE",
+    "SHAPES",
+    "Buckets",
+    "GpuProfile",
+    "Hardware",
+    "LengthDist",
+    "ModelShape",
+    "Request",
+    "RequestResult",
+    "SimResult",
+    "Slo",
+    "estimate",
+    "fit",
+    "gamma",
+    "get_hardware",
+    "goodput",
+    "goodput_per_gpu",
+    "load_burstgpt",
+    "max_rate",
+    "meets",
+    "mixed_80_20",
+    "poisson",
+    "short_chat",
+    "simulate",
+    "simulate_disaggregated",
+    "summarisation",
+]

@@ -1,0 +1,534 @@
+"""Discrete-event simulation of continuous-batching serving, step for step like the torch engine.
+
+Each simulated instance runs the loop of ``agents/runtimes/serve/engine.py`` (``Engine.step``)
+with a :class:`~plugins.sim.profiles.GpuProfile` in place of the forward passes, so a
+simulated trace and a replay on the real engine make the same scheduling decisions and only
+the step *times* come from the model. The engine behaviours it reproduces:
+
+- **Steps run back to back while there is work**; an idle engine starts a step the moment a
+  request arrives. A request that arrives during a step waits for the next one.
+- **One step = decode, then prefill.** First every running request reserves KV blocks for
+  one more token (``_reserve_decode``), then waiting requests are admitted (``_admit``);
+  then the decode group runs one forward and the admitted group a second, padded forward.
+  The step costs ``decode_ms + prefill_ms`` and the two groups' tokens are stamped when
+  their own forward ends (so an admitted request's first token lands after the decode).
+- **Admission is FIFO from the head of the queue** and stops at the first request that does
+  not fit: while the batch has fewer than ``max_batch`` requests, while the padded prefill
+  (``longest prompt x rows``) stays within ``max_prefill_tokens`` (4096, the engine's
+  default; the first request is always allowed), and while ``ceil((seq + 1) / block_size)``
+  blocks are free -- of which ``ceil(seq / block_size)`` are taken.
+- **Paged KV cache**: ``kv_capacity_tokens // block_size`` whole blocks; a running request
+  grows by a block when its next token crosses a block boundary; blocks return on finish.
+- **Recompute preemption**: when a running request cannot get its next block, the most
+  recently admitted running request (the tail of the batch, possibly the request itself) is
+  preempted -- blocks freed, pushed to the *front* of the queue -- until it fits. A
+  preempted request is later re-prefilled over its prompt plus the tokens it had generated,
+  and that prefill samples its next token; its TTFT keeps the first first-token time.
+- **Rejection at submit**: a request whose ``input + output + 1`` tokens need more blocks
+  than the whole cache is rejected (counted as an SLO miss, never queued).
+- **Padded batches**: the engine gathers each group into dense ``[rows, longest]`` tensors.
+  A decode step reads ``rows x longest context`` KV entries, which is what the simulator
+  passes as ``context_tokens`` (``attention="padded"``, the default); ``attention="paged"``
+  charges the sum of the contexts instead, as a paged-attention kernel (vLLM) would. A
+  prefill of ``rows`` prompts padded to ``width`` costs :meth:`GpuProfile.prefill_batch_ms`.
+
+Not modelled: EOS (every request generates exactly ``output_tokens``), ``maxSeqLen``
+truncation, cancellation, and the HTTP server in front of the engine.
+
+Speed: quiet stretches -- only decoding, nothing to admit, no preemption due -- are jumped in
+one go to the next finish, block shortage or arrival, with the step times summed in closed
+form (each step's context grows by the batch size, so the sum is a quadratic), which is
+exactly what stepping would give. Instances are advanced lazily from a heap of their
+next-step times, only up to each arrival.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from plugins.sim.profiles import GpuProfile
+from plugins.sim.workload import Request
+
+Dispatch = Literal["round_robin", "least_loaded"]
+Attention = Literal["padded", "paged"]
+DEFAULT_MAX_PREFILL_TOKENS = 4096  # Engine(max_prefill_tokens=4096)
+METRICS = ("ttft", "tpot", "e2e")
+
+_WAITING, _RUNNING, _DONE = 0, 1, 2
+
+
+@dataclass
+class RequestResult:
+    """How one request fared, in seconds. A rejected request has infinite latencies."""
+
+    id: int
+    arrival_s: float
+    ttft_s: float
+    tpot_s: float  # mean time per output token after the first; 0 for one output token
+    e2e_s: float
+    preemptions: int
+    rejected: bool
+
+
+class _Number(float):
+    """A float that also answers a call, so ``result.throughput_rps`` and ``result.throughput_rps()``
+    both give the number (callers were written against either reading of the interface)."""
+
+    def __call__(self) -> float:
+        return float(self)
+
+
+@dataclass
+class SimResult:
+    """Per-request outcomes of one simulation and the GPUs it used."""
+
+    requests: list[RequestResult]
+    duration_s: float
+    gpus: int
+
+    def percentile(self, metric: str, q: float) -> float:
+        """The ``q``-th percentile (0..100, linear interpolation) of ``metric`` in seconds.
+
+        Over *all* requests: rejected ones count as infinitely slow, consistent with
+        :meth:`attainment`. 0.0 when there are no requests.
+        """
+        if metric not in METRICS:
+            raise ValueError(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}")
+        if not 0 <= q <= 100:
+            raise ValueError(f"percentile q must be within 0..100, got {q}")
+        values = sorted(getattr(r, f"{metric}_s") for r in self.requests)
+        if not values:
+            return 0.0
+        position = q / 100 * (len(values) - 1)
+        lo = int(position)
+        hi = min(lo + 1, len(values) - 1)
+        frac = position - lo
+        if frac == 0 or values[lo] == values[hi]:
+            return values[lo]
+        return values[lo] + (values[hi] - values[lo]) * frac
+
+    def attainment(self, ttft_ms: float | None, tpot_ms: float | None) -> float:
+        """The share of ALL requests meeting both targets (rejected ones miss; None always passes)."""
+        if not self.requests:
+            return 1.0
+        ttft = math.inf if ttft_ms is None else ttft_ms / 1e3
+        tpot = math.inf if tpot_ms is None else tpot_ms / 1e3
+        met = sum(1 for r in self.requests if not r.rejected and r.ttft_s <= ttft and r.tpot_s <= tpot)
+        return met / len(self.requests)
+
+    @property
+    def completed(self) -> int:
+        return sum(1 for r in self.requests if not r.rejected)
+
+    @property
+    def throughput_rps(self) -> float:
+        """Completed requests per second of simulated time."""
+        return _Number(self.completed / self.duration_s if self.duration_s > 0 else 0.0)
+
+    def summary(self) -> dict[str, Any]:
+        """Counts and p50/p90/p99 latencies in ms (None where a percentile falls on a rejection)."""
+
+        def ms(metric: str, q: float) -> float | None:
+            value = self.percentile(metric, q)
+            return value * 1e3 if math.isfinite(value) else None
+
+        return {
+            "requests": len(self.requests),
+            "completed": self.completed,
+            "rejected": len(self.requests) - self.completed,
+            "preemptions": sum(r.preemptions for r in self.requests),
+            "durationS": self.duration_s,
+            "throughputRps": float(self.throughput_rps),
+            "gpus": self.gpus,
+            **{f"{metric}Ms": {f"p{q}": ms(metric, q) for q in (50, 90, 99)} for metric in METRICS},
+        }
+
+
+class _Seq:
+    """A request's mutable state inside the simulation (slots: millions of attribute hits)."""
+
+    __slots__ = (
+        "id", "arrival", "inp", "out", "gen", "seq", "blocks", "preemptions",
+        "first", "finish", "kv_ready", "state", "rejected",
+    )  # fmt: skip
+
+    def __init__(self, request: Request):
+        self.id = request.id
+        self.arrival = request.arrival_s
+        self.inp = request.input_tokens
+        self.out = request.output_tokens
+        if self.inp < 1 or self.out < 1:
+            raise ValueError(f"request {request.id} needs at least one input and one output token")
+        self.gen = 0  # tokens generated so far
+        self.seq = self.inp  # the engine's seq_len: prompt + generated
+        self.blocks = 0
+        self.preemptions = 0
+        self.first: float | None = None
+        self.finish = math.inf
+        self.kv_ready = False  # arrived with its KV cache (disaggregated decode)
+        self.state = _WAITING
+        self.rejected = False
+
+    def result(self) -> RequestResult:
+        if self.rejected or self.first is None:
+            return RequestResult(self.id, self.arrival, math.inf, math.inf, math.inf, self.preemptions, True)
+        tpot = (self.finish - self.first) / (self.out - 1) if self.out > 1 else 0.0
+        return RequestResult(
+            self.id, self.arrival, self.first - self.arrival, tpot, self.finish - self.arrival,
+            self.preemptions, False,
+        )  # fmt: skip
+
+
+class _Instance:
+    """One engine: its queue, its batch, its block pool and its clock."""
+
+    def __init__(
+        self, profile: GpuProfile, attention: Attention, max_prefill_tokens: int, role: str = "serve",
+        transfer_s_per_token: float = 0.0,
+    ):  # fmt: skip
+        self.bs = profile.block_size
+        self.total_blocks = profile.kv_blocks
+        self.free = self.total_blocks
+        self.max_batch = profile.max_batch
+        self.max_prefill = max_prefill_tokens
+        self.padded = attention == "padded"
+        self.d_base = profile.decode_base_ms / 1e3
+        self.d_seq = profile.decode_ms_per_seq / 1e3
+        self.d_ctx = profile.decode_ms_per_context_token / 1e3
+        self.p_base = profile.prefill_base_ms / 1e3
+        self.p_tok = profile.prefill_ms_per_token / 1e3
+        self.p_sq = profile.prefill_ms_per_token_sq / 1e3
+        self.role = role  # serve | prefill (hands requests off after their prefill)
+        self.transfer = transfer_s_per_token
+        self.waiting: deque[_Seq] = deque()
+        self.running: list[_Seq] = []
+        self.handoffs: list[tuple[float, int, _Seq]] = []
+        self.t = 0.0  # when the next step starts
+        self.busy = False
+        self.outstanding = 0
+        self.last_end = -math.inf  # the latest step's end and how many requests it completed,
+        self.last_done = 0  # which count as outstanding until then
+
+    def load(self, now: float) -> int:
+        """Requests dispatched here and not yet finished (or handed off) at ``now``."""
+        return self.outstanding + (self.last_done if self.last_end > now else 0)
+
+    def enqueue(self, s: _Seq, now: float) -> None:
+        self.waiting.append(s)
+        self.outstanding += 1
+        if not self.busy:
+            self.busy = True
+            self.t = max(self.t, now)
+
+    def advance(self, horizon: float) -> None:
+        """Run every step that starts before ``horizon`` (arrivals at ``horizon`` are not in yet)."""
+        while self.busy and self.t < horizon:
+            if not self.running and not self.waiting:
+                self.busy = False
+                return
+            if not self._jump(horizon):
+                self._step()
+
+    # -- one step, exactly as Engine.step ----------------------------------------------------
+
+    def _step(self) -> None:
+        bs, running, waiting = self.bs, self.running, self.waiting
+        free = self.free
+        ready: list[_Seq] = []
+        for s in list(running):  # _reserve_decode
+            if s.state != _RUNNING:  # preempted by an older request this step
+                continue
+            need = -(-s.seq // bs) - s.blocks
+            while need > free:
+                victim = running.pop()
+                free += victim.blocks
+                victim.blocks = 0
+                victim.preemptions += 1
+                victim.state = _WAITING
+                waiting.appendleft(victim)
+                if victim is s:
+                    break
+            else:
+                free -= need
+                s.blocks += need
+                ready.append(s)
+        admitted: list[_Seq] = []  # _admit
+        joined = False
+        longest = 0
+        while waiting and len(running) < self.max_batch:
+            s = waiting[0]
+            if not s.kv_ready:
+                longest = max(longest, s.seq)
+                if admitted and longest * (len(admitted) + 1) > self.max_prefill:
+                    break
+            if -(-(s.seq + 1) // bs) - s.blocks > free:
+                break
+            need = -(-s.seq // bs) - s.blocks
+            free -= need
+            s.blocks += need
+            waiting.popleft()
+            running.append(s)
+            s.state = _RUNNING
+            if s.kv_ready:  # its KV arrived from a prefill instance: it decodes from the next step
+                s.kv_ready = False
+                joined = True
+            else:
+                admitted.append(s)
+        self.free = free
+        t = self.t
+        done = 0
+        if ready:
+            rows = len(ready)
+            if self.padded:
+                context = rows * max(s.seq for s in ready)
+            else:
+                context = sum(s.seq for s in ready)
+            t += self.d_base + self.d_seq * rows + self.d_ctx * context
+            for s in ready:
+                s.gen += 1
+                s.seq += 1
+                if s.gen >= s.out:
+                    self._finish(s, t)
+                    done += 1
+        if admitted:
+            rows, width = len(admitted), max(s.seq for s in admitted)
+            t += self.p_base + self.p_tok * rows * width + self.p_sq * rows * width * width
+            for s in admitted:
+                s.gen += 1
+                s.seq += 1
+                if s.first is None:
+                    s.first = t
+                if s.gen >= s.out:
+                    self._finish(s, t)
+                    done += 1
+                elif self.role == "prefill":
+                    self._hand_off(s, t)
+                    done += 1
+        if done:
+            self.running = [s for s in self.running if s.state == _RUNNING]
+        elif not (ready or admitted or joined or running):  # unreachable after admission control
+            stuck = waiting.popleft()
+            stuck.rejected = True
+            stuck.state = _DONE
+            self.outstanding -= 1
+        self.t = t
+        self.last_end, self.last_done = t, done
+
+    def _finish(self, s: _Seq, t: float) -> None:
+        s.finish = t
+        s.state = _DONE
+        self.free += s.blocks
+        s.blocks = 0
+        self.outstanding -= 1
+
+    def _hand_off(self, s: _Seq, t: float) -> None:
+        """Prefill role: the request leaves with its KV cache, to arrive at a decode instance later."""
+        self._finish(s, t)
+        s.finish = math.inf
+        s.state = _WAITING
+        s.kv_ready = True
+        self.handoffs.append((t + self.transfer * s.inp, s.id, s))
+
+    # -- many quiet decode steps at once ----------------------------------------------------
+
+    def _jump(self, horizon: float) -> bool:
+        """Run decode-only steps in closed form while nothing but decoding can happen.
+
+        Valid while every running request gets its block (no preemption), the queue's head
+        cannot be admitted (blocks only get scarcer and the batch stays the same size until
+        someone finishes), and no new request can arrive (steps start before ``horizon``).
+        Returns False, having done nothing, when this step needs the full treatment.
+        """
+        running = self.running
+        if not running:
+            return False
+        bs, total = self.bs, self.total_blocks
+        need = sum(-(-s.seq // bs) for s in running)
+        if need > total:
+            return False
+        batch = len(running)
+        waiting = self.waiting
+        if waiting and batch < self.max_batch and -(-(waiting[0].seq + 1) // bs) <= total - need:
+            return False
+        steps = min(s.out - s.gen for s in running)  # the last of them finishes someone
+        context = batch * max(s.seq for s in running) if self.padded else sum(s.seq for s in running)
+        first = self.d_base + self.d_seq * batch + self.d_ctx * context
+        grow = self.d_ctx * batch  # every step each row's context grows by one
+
+        def start(i: int) -> float:  # when the i-th step from now starts
+            return self.t + i * first + grow * i * (i - 1) / 2
+
+        if horizon < math.inf and steps > 1 and start(steps - 1) >= horizon:
+            steps = min(steps, self._steps_before(horizon, first, grow, start))
+        if sum(-(-(s.seq + steps - 1) // bs) for s in running) > total:
+            lo, hi = 1, steps - 1  # the largest run whose last reservation still fits
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                if sum(-(-(s.seq + mid - 1) // bs) for s in running) <= total:
+                    lo = mid
+                else:
+                    hi = mid - 1
+            steps = lo
+        end = start(steps)
+        used = 0
+        done = 0
+        for s in running:
+            s.gen += steps
+            s.seq += steps
+            s.blocks = -(-(s.seq - 1) // bs)
+            used += s.blocks
+            if s.gen >= s.out:
+                done += 1
+        self.free = total - used
+        if done:
+            for s in running:
+                if s.gen >= s.out:
+                    self._finish(s, end)
+            self.running = [s for s in running if s.state == _RUNNING]
+        self.t = end
+        self.last_end, self.last_done = end, done
+        return True
+
+    def _steps_before(self, horizon: float, first: float, grow: float, start: Callable[[int], float]) -> int:
+        """How many steps start before ``horizon`` (at least one: the current one does)."""
+        room = horizon - self.t
+        if grow > 0:
+            b = first - grow / 2
+            guess = (-b + math.sqrt(b * b + 2 * grow * room)) / grow
+        elif first > 0:
+            guess = room / first
+        else:
+            return 1 << 62
+        n = max(1, math.ceil(guess))
+        while n > 1 and start(n - 1) >= horizon:
+            n -= 1
+        while start(n) < horizon:
+            n += 1
+        return n
+
+
+def _fits(blocks: int, block_size: int, tokens: int) -> bool:
+    """Engine.submit's test: ``tokens`` plus one must fit the whole cache."""
+    return -(-(tokens + 1) // block_size) <= blocks
+
+
+def _run_pool(arrivals: list[tuple[float, int, _Seq]], pool: list[_Instance], dispatch: Dispatch) -> None:
+    """Feed ``arrivals`` (time-sorted) to ``pool`` and run every instance until it is idle."""
+    heap: list[tuple[float, int]] = []  # (next step start, instance) for busy instances
+    turn = 0
+    for now, _, s in arrivals:
+        while heap and heap[0][0] < now:
+            _, i = heapq.heappop(heap)
+            instance = pool[i]
+            instance.advance(now)
+            if instance.busy:
+                heapq.heappush(heap, (instance.t, i))
+        if dispatch == "round_robin":
+            index = turn % len(pool)
+            turn += 1
+        else:
+            index = min(range(len(pool)), key=lambda i: pool[i].load(now))
+        instance = pool[index]
+        was_busy = instance.busy
+        instance.enqueue(s, now)
+        if not was_busy:
+            heapq.heappush(heap, (instance.t, index))
+    for _, i in heap:
+        pool[i].advance(math.inf)
+
+
+def _check_pool(name: str, count: int) -> None:
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"{name} must be a positive integer, got {count!r}")
+
+
+def _result(seqs: list[_Seq], gpus: int) -> SimResult:
+    results = [s.result() for s in seqs]
+    if not seqs:
+        return SimResult(results, 0.0, gpus)
+    start = min(s.arrival for s in seqs)
+    end = max(max(s.arrival for s in seqs), max((s.finish for s in seqs if not s.rejected), default=start))
+    return SimResult(results, end - start, gpus)
+
+
+def simulate(
+    requests: list[Request],
+    profile: GpuProfile,
+    instances: int = 1,
+    dispatch: Dispatch = "least_loaded",
+    *,
+    attention: Attention = "padded",
+    max_prefill_tokens: int = DEFAULT_MAX_PREFILL_TOKENS,
+) -> SimResult:
+    """Serve ``requests`` on ``instances`` identical engines of ``profile``.
+
+    ``dispatch``: ``round_robin`` deals requests out in turn; ``least_loaded`` sends each to
+    the instance with the fewest unfinished requests at its arrival (lowest index on ties).
+    Results come back in the order of ``requests``.
+    """
+    _check_pool("instances", instances)
+    if dispatch not in ("round_robin", "least_loaded"):
+        raise ValueError(f"dispatch must be 'round_robin' or 'least_loaded', got {dispatch!r}")
+    seqs = [_Seq(r) for r in requests]
+    pool = [_Instance(profile, attention, max_prefill_tokens) for _ in range(instances)]
+    arrivals = []
+    for s in seqs:
+        if _fits(profile.kv_blocks, profile.block_size, s.inp + s.out):
+            arrivals.append((s.arrival, s.id, s))
+        else:
+            s.rejected = True
+    arrivals.sort(key=lambda a: a[0])
+    _run_pool(arrivals, pool, dispatch)
+    return _result(seqs, instances * profile.gpus)
+
+
+def simulate_disaggregated(
+    requests: list[Request],
+    prefill: GpuProfile,
+    decode: GpuProfile,
+    prefill_instances: int,
+    decode_instances: int,
+    transfer_ms_per_token: float = 0.0,
+    *,
+    attention: Attention = "padded",
+    max_prefill_tokens: int = DEFAULT_MAX_PREFILL_TOKENS,
+) -> SimResult:
+    """DistServe: prefill instances only prefill, decode instances only decode.
+
+    A request is prefilled (batched as the engine batches prefills) on the least-loaded
+    prefill instance, which samples its first token -- TTFT ends there. Its KV cache then
+    travels for ``transfer_ms_per_token * input_tokens`` and it joins the queue of the
+    least-loaded decode instance at that moment; it decodes from the step after it is
+    admitted there. A decode instance that must preempt recomputes like the engine does
+    (its own prefill). The prefill side never waits on the decode side, so the two pools are
+    simulated one after the other.
+    """
+    _check_pool("prefill_instances", prefill_instances)
+    _check_pool("decode_instances", decode_instances)
+    if not transfer_ms_per_token >= 0:
+        raise ValueError(f"transfer_ms_per_token must be >= 0, got {transfer_ms_per_token!r}")
+    seqs = [_Seq(r) for r in requests]
+    prefill_pool = [
+        _Instance(prefill, attention, max_prefill_tokens, "prefill", transfer_ms_per_token / 1e3)
+        for _ in range(prefill_instances)
+    ]
+    decode_pool = [_Instance(decode, attention, max_prefill_tokens) for _ in range(decode_instances)]
+    arrivals = []
+    for s in seqs:
+        if _fits(prefill.kv_blocks, prefill.block_size, s.inp) and (
+            s.out == 1 or _fits(decode.kv_blocks, decode.block_size, s.inp + s.out)
+        ):
+            arrivals.append((s.arrival, s.id, s))
+        else:
+            s.rejected = True
+    arrivals.sort(key=lambda a: a[0])
+    _run_pool(arrivals, prefill_pool, "least_loaded")
+    handoffs = sorted((h for instance in prefill_pool for h in instance.handoffs), key=lambda h: (h[0], h[1]))
+    _run_pool(handoffs, decode_pool, "least_loaded")
+    gpus = prefill_instances * prefill.gpus + decode_instances * decode.gpus
+    return _result(seqs, gpus)
