@@ -39,6 +39,15 @@ def gpu_matches(gpu: Gpu, request: PlacementRequest) -> bool:
     return True
 
 
+def fitting_gpus(node: NodeView, request: PlacementRequest) -> list[Gpu] | None:
+    """The GPUs one replica would take on ``node`` (smallest that fit first, so bigger
+    ones stay free), or None when too few match."""
+    free = [gpu for gpu in node.free_gpus() if gpu_matches(gpu, request)]
+    if len(free) < request.gpus_per_replica:
+        return None
+    return sorted(free, key=lambda g: (g.memory_mib, g.index))[: request.gpus_per_replica]
+
+
 def node_eligible(node: NodeView, request: PlacementRequest) -> bool:
     if not (node.ready and node.schedulable):
         return False
@@ -118,11 +127,9 @@ class Binpack:
         for node in fleet.nodes:
             if not node_eligible(node, request):
                 continue
-            free = [gpu for gpu in node.free_gpus() if gpu_matches(gpu, request)]
-            if len(free) < request.gpus_per_replica:
+            chosen = fitting_gpus(node, request)
+            if chosen is None:
                 continue
-            # Smallest GPUs that still fit first, so bigger ones stay free.
-            chosen = sorted(free, key=lambda g: (g.memory_mib, g.index))[: request.gpus_per_replica]
             left = sum(g.memory_mib for g in node.free_gpus()) - sum(g.memory_mib for g in chosen)
             key = (-left if spread else left, node.name)
             if best is None or key < best[0]:
