@@ -40,15 +40,20 @@ class Outcome:
     action: str  # created | configured | unchanged
     generation: int
     diff: list[dict[str, Any]] = field(default_factory=list)
+    # Dry runs of Deployments: each candidate scheduler's plan (controlplane.schedule_preview).
+    schedule: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        document = {
             "kind": self.kind,
             "name": self.name,
             "action": self.action,
             "generation": self.generation,
             "diff": self.diff,
         }
+        if self.schedule is not None:
+            document["schedule"] = self.schedule
+        return document
 
 
 def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
@@ -283,6 +288,11 @@ def apply(documents: list[Any], actor: str, dry_run: bool = False) -> list[Outco
     with transaction.atomic():
         outcomes = [plan_one(item) for item in parsed]
         if dry_run:
+            from controlplane.schedule_preview import preview
+
+            for item, outcome in zip(parsed, outcomes, strict=True):
+                if item.info.kind == "Deployment":
+                    outcome.schedule = preview(item.name, item.spec)
             return outcomes
         for item, outcome in zip(parsed, outcomes, strict=True):
             if outcome.action == "created":

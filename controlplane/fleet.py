@@ -68,9 +68,19 @@ def snapshot(cluster: str | None = None) -> FleetView:
             )
         )
     prices: dict[str, float] = {}
+    budgets: list[float] = []
     clusters = Resource.objects.filter(kind="Cluster")
     if cluster:
         clusters = clusters.filter(name=cluster)
     for spec in clusters.values_list("spec", flat=True):
         prices.update(spec.get("gpuPrices", {}))
-    return FleetView(nodes=nodes, prices=prices)
+        if spec.get("powerBudgetWatts"):
+            budgets.append(float(spec["powerBudgetWatts"]))
+    profiles = list(Resource.objects.filter(kind="Profile").order_by("name").values_list("spec", flat=True))
+    return FleetView(
+        nodes=nodes,
+        prices=prices,
+        # With no cluster named, the budgets of all clusters add up to the fleet's.
+        power_budget_watts=sum(budgets) if budgets else None,
+        profiles=profiles,
+    )

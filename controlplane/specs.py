@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 API_VERSION = "flotilla.dev/v1"
 NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -110,10 +110,44 @@ class Slo(Spec):
     tpotMs: float | None = Field(default=None, gt=0)
 
 
+class LengthHistogram(Spec):
+    """Share of requests per (input length × output length) bucket, for the sizing schedulers.
+
+    Edges are upper bounds in tokens: a request falls in the first bucket whose edge
+    is at least its length; the last bucket also takes everything longer.
+    """
+
+    inputEdges: list[Annotated[int, Field(ge=1)]] = Field(min_length=1, max_length=64)
+    outputEdges: list[Annotated[int, Field(ge=1)]] = Field(min_length=1, max_length=64)
+    fractions: list[list[Annotated[float, Field(ge=0)]]] = Field(
+        min_length=1, max_length=64, description="rows: input buckets, columns: output buckets"
+    )
+
+    @field_validator("inputEdges", "outputEdges")
+    @classmethod
+    def _increasing(cls, edges: list[int]) -> list[int]:
+        if any(b <= a for a, b in zip(edges, edges[1:], strict=False)):
+            raise ValueError(f"edges must increase strictly, got {edges}")
+        return edges
+
+    @model_validator(mode="after")
+    def _shape(self) -> LengthHistogram:
+        rows, cols = len(self.inputEdges), len(self.outputEdges)
+        if len(self.fractions) != rows or any(len(row) != cols for row in self.fractions):
+            raise ValueError(f"fractions must have {rows} rows (inputEdges) of {cols} values (outputEdges)")
+        total = sum(map(sum, self.fractions))
+        if abs(total - 1) > 1e-3:
+            raise ValueError(f"fractions must sum to 1, they sum to {total:.4f}")
+        return self
+
+
 class ServingWorkload(Spec):
     requestsPerSecond: float | None = Field(default=None, ge=0)
     inputTokens: int | None = Field(default=None, ge=1)
     outputTokens: int | None = Field(default=None, ge=1)
+    histogram: LengthHistogram | None = Field(
+        default=None, description="lengths as a histogram; inputTokens/outputTokens are one bucket otherwise"
+    )
 
 
 class DeploymentPolicies(Spec):
@@ -205,6 +239,10 @@ class DeploymentSpec(Spec):
     policies: DeploymentPolicies = Field(default_factory=DeploymentPolicies)
     runtime: ServeRuntime = Field(default_factory=ServeRuntime)
     cluster: Name | None = None
+    disaggregation: Literal["off", "auto"] = Field(
+        default="off",
+        description="auto: the distserve scheduler plans separate prefill and decode replicas",
+    )
 
     _names = field_validator("cluster")(classmethod(lambda cls, v: _check_name(v)))
 
@@ -221,6 +259,48 @@ class TrainingJobSpec(Spec):
     cluster: Name | None = None
 
     _names = field_validator("cluster")(classmethod(lambda cls, v: _check_name(v)))
+
+
+class PrefillLatency(Spec):
+    """Prefill time of one batch: baseMs + msPerToken·t + msPerTokenSquared·t² for t batch tokens."""
+
+    baseMs: float = Field(ge=0)
+    msPerToken: float = Field(ge=0)
+    msPerTokenSquared: float = Field(default=0.0, ge=0)
+
+
+class DecodeLatency(Spec):
+    """One decode step: baseMs + msPerSequence·batch + msPerContextToken·(tokens in the batch's KV cache)."""
+
+    baseMs: float = Field(ge=0)
+    msPerSequence: float = Field(ge=0)
+    msPerContextToken: float = Field(ge=0)
+
+
+class ProfileSpec(Spec):
+    """A latency model of one serving replica of one model shape on one GPU type.
+
+    ``flotilla profile`` writes ``measured`` ones; the simulator's roofline
+    ``estimated`` ones are built in and never stored. A stored profile takes
+    precedence over the estimate for the same gpuType, model and tensorParallel.
+    """
+
+    gpuType: GpuType
+    model: str = Field(min_length=1, max_length=128, description="the model shape key (flotilla profile)")
+    source: Literal["measured", "estimated"] = "measured"
+    tensorParallel: int = Field(default=1, ge=1, le=64)
+    prefill: PrefillLatency
+    decode: DecodeLatency
+    kvCapacityTokens: int = Field(ge=1)
+    maxBatch: int = Field(ge=1, le=4096)
+    blockSize: int = Field(default=16, ge=1, le=4096)
+    powerWatts: float = Field(default=0.0, ge=0)
+    measuredOn: str | None = Field(
+        default=None, max_length=253, description="host and device it was measured on"
+    )
+    fitErrorPercent: float | None = Field(
+        default=None, ge=0, description="mean error of the fit on its samples"
+    )
 
 
 class WorkloadSpec(Spec):
@@ -288,6 +368,7 @@ KINDS: dict[str, KindInfo] = {
         KindInfo("Deployment", "deployments", DeploymentSpec, WORKLOAD_FINALIZER),
         KindInfo("TrainingJob", "trainingjobs", TrainingJobSpec, WORKLOAD_FINALIZER),
         KindInfo("Workload", "workloads", WorkloadSpec),
+        KindInfo("Profile", "profiles", ProfileSpec),
     )
 }
 BY_PLURAL: dict[str, KindInfo] = {info.plural: info for info in KINDS.values()}

@@ -19,7 +19,7 @@ from controlplane.envhelpers import ConfigError, envbool, envlist
 from plugins import hookspecs
 from plugins.types import PLUGIN_KINDS, Plugin
 
-BUILTIN_MODULES = ["plugins.binpack"]
+BUILTIN_MODULES = ["plugins.binpack", "plugins.spread", "plugins.melange", "plugins.distserve"]
 _HOOK_FOR_KIND = {
     "scheduler": "register_schedulers",
     "cache": "register_caches",

@@ -64,6 +64,10 @@ class FleetView:
 
     nodes: list[NodeView]
     prices: dict[str, float] = field(default_factory=dict)
+    # The cluster's power budget (ClusterSpec.powerBudgetWatts), for sizing schedulers.
+    power_budget_watts: float | None = None
+    # Stored Profile specs (plain dicts); a measured profile beats the built-in estimate.
+    profiles: list[dict[str, Any]] = field(default_factory=list)
 
     def node(self, name: str) -> NodeView | None:
         return next((node for node in self.nodes if node.name == name), None)
@@ -99,7 +103,79 @@ class PlacementResult:
     unschedulable: str | None = None
 
 
+@dataclass
+class SchedulePlan:
+    """What a sizing scheduler would run for a Deployment, and what the simulator predicts.
+
+    ``replicas`` maps a GPU type to a replica count (each replica uses
+    ``gpus_per_replica`` GPUs of that type); ``roles`` does the same per role for
+    disaggregated plans. ``supported`` is False when the plan needs something the
+    runtime cannot do yet; ``reason`` then says what, and nothing is placed.
+    """
+
+    policy: str
+    replicas: dict[str, int]
+    gpus_per_replica: int = 1
+    cost_per_hour: float = 0.0
+    predicted: dict[str, Any] = field(default_factory=dict)
+    roles: dict[str, dict[str, Any]] = field(default_factory=dict)
+    supported: bool = True
+    reason: str | None = None
+    shortfall: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def total_replicas(self) -> int:
+        return sum(self.replicas.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        document: dict[str, Any] = {
+            "policy": self.policy,
+            "replicas": dict(self.replicas),
+            "gpusPerReplica": self.gpus_per_replica,
+            "gpus": self.total_replicas * self.gpus_per_replica
+            + sum(r.get("gpus", 0) for r in self.roles.values()),
+            "costPerHour": round(self.cost_per_hour, 4),
+            "predicted": self.predicted,
+            "supported": self.supported,
+        }
+        for key, value in (("roles", self.roles), ("reason", self.reason), ("shortfall", self.shortfall)):
+            if value:
+                document[key] = value
+        if self.notes:
+            document["notes"] = list(self.notes)
+        return document
+
+    @classmethod
+    def from_dict(cls, document: dict[str, Any]) -> SchedulePlan:
+        """The plan a controller stored in a Deployment's status (``to_dict``'s output)."""
+        return cls(
+            policy=document["policy"],
+            replicas={str(t): int(n) for t, n in document.get("replicas", {}).items()},
+            gpus_per_replica=int(document.get("gpusPerReplica", 1)),
+            cost_per_hour=float(document.get("costPerHour", 0.0)),
+            predicted=dict(document.get("predicted", {})),
+            roles=dict(document.get("roles", {})),
+            supported=bool(document.get("supported", True)),
+            reason=document.get("reason"),
+            shortfall=document.get("shortfall"),
+            notes=list(document.get("notes", [])),
+        )
+
+
 class Scheduler(Plugin, Protocol):
     def place(self, *, request: PlacementRequest, fleet: FleetView, params: BaseModel) -> PlacementResult:
         """Choose a node and GPU indices for each requested replica."""
+        ...
+
+
+class SizingScheduler(Scheduler, Protocol):
+    """A scheduler that also decides how many replicas of which GPU type a Deployment needs.
+
+    The owner controller asks it for a plan first when the Deployment declares a
+    workload rate, then asks ``place`` for the missing replicas of each type.
+    """
+
+    def plan(self, *, request: PlacementRequest, fleet: FleetView, params: BaseModel) -> SchedulePlan:
+        """Size the Deployment in ``request.spec`` on ``fleet``; never mutates the fleet."""
         ...

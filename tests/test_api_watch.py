@@ -298,7 +298,7 @@ def test_it_serves_an_openapi_document_without_a_token(anonymous):
         assert {"get", "put", "delete"} <= set(paths[f"/api/v1/{info.plural}/{{name}}"])
         assert schemas[kind]["properties"]["spec"] == {"$ref": f"#/components/schemas/{kind}Spec"}
         assert schemas[f"{kind}Spec"]["type"] == "object"
-    assert len(KINDS) == 6
+    assert len(KINDS) == 7
     assert "replicas" in schemas["DeploymentSpec"]["properties"]
 
 

@@ -166,7 +166,7 @@ def test_get_names_the_field_and_the_choices_for_an_unknown_plugin():
         manager.get("scheduler", "melange-typo")
     assert str(excinfo.value) == "no scheduler plugin named 'melange-typo'"
     assert excinfo.value.field == "spec.plugin"
-    assert excinfo.value.fix == "use one of: binpack"
+    assert excinfo.value.fix == "use one of: binpack, distserve, melange, spread"
 
 
 def test_get_says_none_when_no_plugin_of_a_kind_is_installed():
@@ -216,7 +216,7 @@ def test_flotilla_plugin_modules_loads_an_extra_module(plugin_module):
 def test_build_registry_picks_up_a_registered_plugin_by_kind_and_name():
     registry = manager.build_registry(manager_with(TestPlugin()))
     assert {kind: sorted(impls) for kind, impls in registry.items()} == {
-        "scheduler": ["binpack", "first-fit-test"],
+        "scheduler": ["binpack", "distserve", "first-fit-test", "melange", "spread"],
         "cache": ["ttl-test"],
         "checkpointer": ["blocking-test"],
         "powercap": ["static-test"],
@@ -297,7 +297,7 @@ def test_apply_rejects_a_policy_that_names_an_unknown_plugin(db):
         apply([policy("fancy", "no-such-plugin")], actor="test")
     (detail,) = excinfo.value.details
     assert detail["field"] == "spec.plugin"
-    assert detail["fix"] == "use one of: binpack"
+    assert detail["fix"] == "use one of: binpack, distserve, melange, spread"
 
 
 def test_apply_rejects_a_plugin_of_another_kind_under_the_same_name(db):
@@ -312,15 +312,17 @@ def test_apply_rejects_a_plugin_of_another_kind_under_the_same_name(db):
 def test_hook_register_schedulers_returns_named_schedulers():
     batches = manager_with(TestPlugin()).hook.register_schedulers()
     names = sorted(impl.name for batch in batches for impl in batch)
-    assert names == ["binpack", "first-fit-test"]
+    assert names == ["binpack", "distserve", "first-fit-test", "melange", "spread"]
 
 
 def test_hook_register_schedulers_gives_schedulers_that_place_replicas():
-    (builtin,) = [impl for batch in manager.make_manager([]).hook.register_schedulers() for impl in batch]
-    fleet = FleetView([NodeView("gpu-a", None, {}, True, True, [Gpu(0, "H100", 81559)])])
-    request = PlacementRequest(owner_kind="Deployment", owner_name="chat", replicas=1)
-    result = builtin.place(request=request, fleet=fleet, params=builtin.Params())
-    assert result.placements == [Placement("gpu-a", [0], "serve")]
+    builtins = [impl for batch in manager.make_manager([]).hook.register_schedulers() for impl in batch]
+    assert len(builtins) == 4
+    for builtin in builtins:
+        fleet = FleetView([NodeView("gpu-a", None, {}, True, True, [Gpu(0, "H100", 81559)])])
+        request = PlacementRequest(owner_kind="Deployment", owner_name="chat", replicas=1)
+        result = builtin.place(request=request, fleet=fleet, params=builtin.Params())
+        assert result.placements == [Placement("gpu-a", [0], "serve")], builtin.name
 
 
 def test_hook_register_caches_returns_named_caches():

@@ -283,6 +283,7 @@ def test_every_kind_has_a_lower_case_plural():
         "deployments",
         "trainingjobs",
         "workloads",
+        "profiles",
     }
     assert all(specs.BY_PLURAL[info.plural] is info for info in KINDS.values())
 

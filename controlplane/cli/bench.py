@@ -63,6 +63,15 @@ def add_bench_parser(sub: Any) -> None:
     apply.add_argument("--nodes", type=int, help="default: enough GPUs for every deployment")
     apply.add_argument("--clients", type=int, default=4, help="concurrent apply clients")
     apply.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for convergence")
+    apply.add_argument(
+        "--gpu-types",
+        default="H100",
+        help="comma-separated GPU types; nodes take them in turn (a mixed fleet: H100,A100-80GB,L40S,L4)",
+    )
+    apply.add_argument(
+        "--scheduler",
+        help="scheduler policy for every deployment; melange/distserve also get a declared workload and SLO",
+    )
     add_backend_args(apply)
     apply.set_defaults(handler=run_apply_bench)
 
@@ -78,6 +87,10 @@ def add_bench_parser(sub: Any) -> None:
 
     add_dashboard_bench(benches)
 
+    from controlplane.cli.bench_schedulers import add_parser as add_schedulers_bench
+
+    add_schedulers_bench(benches)
+
 
 def percentile(values: list[float], q: float) -> float:
     """Nearest-rank percentile, NaN (printed as such) when nothing was measured."""
@@ -85,17 +98,31 @@ def percentile(values: list[float], q: float) -> float:
     return float("nan") if value is None else value
 
 
-def deployment_doc(index: int) -> str:
+def deployment_doc(index: int, gpu_types: list[str] | None = None, scheduler: str | None = None) -> str:
+    spec: dict[str, Any] = {
+        "model": {"source": "builtin:tiny-llama"},
+        "replicas": 1,
+        "resources": {"gpusPerReplica": 1, "gpuTypes": gpu_types or ["H100"]},
+    }
+    if scheduler:
+        spec["policies"] = {"scheduler": scheduler}
+    if scheduler in ("melange", "distserve"):
+        from plugins.sim import SHAPES
+
+        spec["model"]["config"] = SHAPES["llama-3-8b"].to_config()
+        # Rates differ per deployment so the solver sees varied problems, not one cached answer.
+        spec["workload"] = {
+            "requestsPerSecond": 1.0 + (index % 7) * 0.5,
+            "inputTokens": 512,
+            "outputTokens": 128,
+        }
+        spec["slo"] = {"ttftMs": 1000, "tpotMs": 100}
     return yaml.safe_dump(
         {
             "apiVersion": "flotilla.dev/v1",
             "kind": "Deployment",
             "metadata": {"name": f"bench-{index:05d}", "labels": {"bench": "apply"}},
-            "spec": {
-                "model": {"source": "builtin:tiny-llama"},
-                "replicas": 1,
-                "resources": {"gpusPerReplica": 1, "gpuTypes": ["H100"]},
-            },
+            "spec": spec,
         }
     )
 
@@ -118,12 +145,18 @@ class Heartbeats(threading.Thread):
                     self.errors += 1
 
 
-def register_fleet(client: Client, nodes: int, gpus: int) -> list[str]:
+def register_fleet(client: Client, nodes: int, gpus: int, gpu_types: list[str] | None = None) -> list[str]:
+    """Register ``nodes`` simulated nodes of ``gpus`` GPUs each, the types taken in turn."""
+    from agents.devices import parse_simulate
+
     names = []
+    types = gpu_types or ["H100"]
     for i in range(nodes):
         name = f"sim-{i:04d}"
+        gpu_type = types[i % len(types)]
+        memory = GPU_MEMORY_MIB if gpu_type == "H100" else parse_simulate(f"1x{gpu_type}")[0]["memoryMiB"]
         devices = [
-            {"index": g, "type": "H100", "memoryMiB": GPU_MEMORY_MIB, "simulated": True} for g in range(gpus)
+            {"index": g, "type": gpu_type, "memoryMiB": memory, "simulated": True} for g in range(gpus)
         ]
         client.request("POST", "/api/v1/agent/register", json={"name": name, "devices": devices})
         names.append(name)
@@ -156,7 +189,8 @@ def bench_backend(label: str, env: dict[str, str], args: argparse.Namespace) -> 
         try:
             token = stack.bootstrap_token()
             admin = Client(stack.url, token, timeout=60)
-            names = register_fleet(admin, nodes, args.gpus_per_node)
+            gpu_types = [t.strip() for t in args.gpu_types.split(",") if t.strip()]
+            names = register_fleet(admin, nodes, args.gpus_per_node, gpu_types)
             beats = Heartbeats(Client(stack.url, token), names)
             beats.start()
             since = admin.list("deployments")["metadata"]["resourceVersion"]
@@ -185,7 +219,7 @@ def bench_backend(label: str, env: dict[str, str], args: argparse.Namespace) -> 
                 name = f"bench-{index:05d}"
                 sent[name] = time.monotonic()
                 try:
-                    clients[index % len(clients)].apply(deployment_doc(index))
+                    clients[index % len(clients)].apply(deployment_doc(index, gpu_types, args.scheduler))
                     return True
                 except ClientError as exc:
                     print(f"[{label}] apply {name} failed: {exc}", file=sys.stderr)
@@ -202,6 +236,8 @@ def bench_backend(label: str, env: dict[str, str], args: argparse.Namespace) -> 
             latencies = [(seen[name] - sent[name]) * 1000 for name in seen if name in sent]
             return {
                 "backend": label,
+                "scheduler": args.scheduler or "binpack",
+                "gpuTypes": gpu_types,
                 "deployments": args.deployments,
                 "nodes": nodes,
                 "gpus": nodes * args.gpus_per_node,

@@ -59,11 +59,19 @@ def print_diff(changes: list[dict[str, Any]]) -> None:
 
 def cmd_apply(args: argparse.Namespace, client: Client) -> int:
     result = client.apply(read_files(args.filename), dry_run=args.dry_run)
+    if getattr(args, "output", None) in ("yaml", "json"):
+        print(output.dump(result, args.output))
+        return 0
     suffix = " (dry run)" if args.dry_run else ""
     for item in result["results"]:
         print(f"{item['kind'].lower()}/{item['name']} {item['action']}{suffix}")
         if args.dry_run and item["action"] != "unchanged":
             print_diff(item["diff"])
+        if item.get("schedule"):
+            from controlplane.cli.plan_table import render
+
+            print("  scheduling:")
+            print("\n".join("    " + line for line in render(item["schedule"]).splitlines()))
     return 0
 
 
@@ -220,8 +228,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     apply.add_argument("--dry-run", action="store_true", help="show the plan and diff; change nothing")
 
-    plan = sub.add_parser("plan", help="show what apply would do, with field-level diffs")
-    plan.add_argument("-f", "--filename", action="append", required=True)
+    plan = sub.add_parser(
+        "plan",
+        help="show what apply would do: diffs and each scheduler's placement, cost and predicted latency; "
+        "`plan mix` solves the GPU-mix buying question offline",
+    )
+    plan.add_argument("what", nargs="?", choices=["mix"], help="mix: the cost-optimal GPU mix (no server)")
+    plan.add_argument("-f", "--filename", action="append", required=True, help="file, directory or -")
+    plan.add_argument("-o", "--output", choices=["yaml", "json", "table"], default="table")
+    plan.add_argument("--time-limit", type=float, default=1.0, help="plan mix: MILP time limit in seconds")
     plan.set_defaults(dry_run=True)
 
     get = sub.add_parser("get", help="list resources or show one")
@@ -299,6 +314,10 @@ def main(argv: list[str] | None = None) -> int:
             return run_up(args)
         if args.command in ("agent", "bench"):
             return args.handler(args)
+        if args.command == "plan" and args.what == "mix":
+            from controlplane.cli import plan_mix
+
+            return plan_mix.run(args.filename[0], output=args.output, time_limit_s=args.time_limit)
         client = Client(args.server, args.token)
         try:
             return COMMANDS[args.command](args, client)

@@ -13,13 +13,15 @@ import logging
 from typing import Any
 
 from django.db import transaction
+from pydantic import BaseModel
 
 from controlplane import events, fleet, store
 from controlplane.conditions import is_true, set_condition
 from controlplane.models import Event, Resource
 from controlplane.policies import PolicyProblem, resolve
 from controlplane.specs import KINDS, WORKLOAD_FINALIZER, DeploymentSpec, TrainingJobSpec
-from plugins.types import PlacementRequest
+from plugins.planning import PlanProblem
+from plugins.types import PlacementRequest, SchedulePlan
 
 log = logging.getLogger(__name__)
 SOURCE = "owner-controller"
@@ -114,21 +116,49 @@ def _converge(owner: Resource) -> None:
         store.request_delete(workload)
         workloads.remove(workload)
 
-    desired = desired_replicas(owner.kind, spec)
+    choice = _scheduler(spec)
+    plan, plan_problem = _sizing_plan(owner, spec, choice, status)
+    targets: dict[str | None, int]
+    if plan is not None and not plan.supported:
+        targets = {None: 0}  # shown, not run: see plugins/distserve.py
+    elif plan is not None:
+        targets = dict(plan.replicas)
+    elif plan_problem:
+        targets = {None: len(workloads)}  # keep what runs; place nothing until it can be planned
+    else:
+        targets = {None: desired_replicas(owner.kind, spec)}
     succeeded = owner.kind == "TrainingJob" and _training_finished(owner, status, workloads)
     if succeeded:
-        desired = 0  # done: release the GPUs, and never start it again
-    for workload in workloads[desired:]:
-        store.request_delete(workload)
-    if len(workloads) > desired:
-        events.record(owner, "ScaledDown", f"removed {len(workloads) - desired} replicas", source=SOURCE)
-    workloads = workloads[:desired]
+        targets = {None: 0}  # done: release the GPUs, and never start it again
+    desired = sum(targets.values())
 
-    missing = desired - len(workloads)
+    groups = _group_by_target(workloads, targets)
+    excess = [w for group, kept in groups.items() for w in kept[targets.get(group, 0) :]]
+    for workload in excess:
+        store.request_delete(workload)
+    if excess:
+        events.record(owner, "ScaledDown", f"removed {len(excess)} replicas", source=SOURCE)
+    workloads = sorted(
+        (w for group, kept in groups.items() for w in kept[: targets.get(group, 0)]), key=replica_index
+    )
+
     unschedulable: str | None = None
-    if missing > 0:
+    missing = {group: n - len(groups.get(group, [])) for group, n in targets.items()}
+    if isinstance(choice, str) and any(n > 0 for n in missing.values()):
+        unschedulable = choice
+    elif any(n > 0 for n in missing.values()):
         # Read after the deletes above, in the same transaction: what they freed is free.
-        unschedulable = _place(owner, spec, fleet.snapshot(), workloads, missing)
+        view = fleet.snapshot()
+        reasons = []
+        for group, count in missing.items():
+            if count > 0:
+                reason = _place(owner, spec, choice, view, workloads, count, group)
+                reasons += [reason] if reason else []
+        unschedulable = "; ".join(reasons) or None
+    if plan_problem:
+        unschedulable = plan_problem
+    if plan is not None and plan.shortfall and not unschedulable:
+        unschedulable = f"partial mix: {plan.shortfall}"
 
     if unschedulable:
         unschedulable = f"{len(workloads)}/{desired} scheduled; {unschedulable}"
@@ -136,8 +166,18 @@ def _converge(owner: Resource) -> None:
         set_condition(status, "Scheduled", True, "Completed", "training finished")
         set_condition(status, "Ready", False, "Completed", "training finished")
         set_condition(status, "Progressing", False, "Completed", "training finished")
+    elif plan is not None and not plan.supported:
+        message = f"{plan.reason}; planned: {describe_plan(plan)}"
+        if set_condition(status, "Scheduled", False, "RuntimeUnsupported", message):
+            events.record(owner, "RuntimeUnsupported", message, type_="Warning", source=SOURCE)
+        set_condition(status, "Ready", False, "RuntimeUnsupported", "nothing runs: the plan is shown only")
+        set_condition(status, "Progressing", False, "RuntimeUnsupported", "waiting for runtime support")
     else:
         _set_conditions(owner, status, workloads, desired, unschedulable)
+    if plan is not None:
+        status["plan"] = {**plan.to_dict(), "generation": owner.generation}
+    elif not plan_problem:
+        status.pop("plan", None)
     _note_unsupported(owner, spec)
     status["observedGeneration"] = owner.generation
     status["replicas"] = {
@@ -197,14 +237,8 @@ def _note_unsupported(owner: Resource, spec: DeploymentSpec | TrainingJobSpec) -
     )
 
 
-def _place(
-    owner: Resource,
-    spec: DeploymentSpec | TrainingJobSpec,
-    view: Any,
-    workloads: list[Resource],
-    missing: int,
-) -> str | None:
-    """Place ``missing`` replicas; append the new Workloads; return why some could not be."""
+def _scheduler(spec: DeploymentSpec | TrainingJobSpec) -> tuple[Any, BaseModel] | str:
+    """The owner's scheduler plugin and its params, or why there is none."""
     cluster_spec = {}
     if spec.cluster:
         cluster = store.find("Cluster", spec.cluster)
@@ -213,22 +247,107 @@ def _place(
         cluster_spec = cluster.spec
     policy_name = spec.policies.scheduler or cluster_spec.get("policies", {}).get("scheduler")
     try:
-        scheduler, params = resolve("scheduler", policy_name)
+        return resolve("scheduler", policy_name)
     except PolicyProblem as exc:
         return f"{exc}; {exc.fix}"
-    role = role_of(owner.kind)
-    request = PlacementRequest(
+
+
+def placement_request(
+    owner: Resource, spec: DeploymentSpec | TrainingJobSpec, replicas: int, gpu_type: str | None = None
+) -> PlacementRequest:
+    return PlacementRequest(
         owner_kind=owner.kind,
         owner_name=owner.name,
-        replicas=missing,
+        replicas=replicas,
         gpus_per_replica=spec.resources.gpusPerReplica,
-        gpu_types=list(spec.resources.gpuTypes),
+        gpu_types=[gpu_type] if gpu_type else list(spec.resources.gpuTypes),
         gpu_memory_gib=spec.resources.gpuMemoryGiB,
         node_selector=dict(spec.resources.nodeSelector),
         cluster=spec.cluster,
-        role=role,
+        role=role_of(owner.kind),
         spec=owner.spec,
     )
+
+
+def _sizing_plan(
+    owner: Resource, spec: DeploymentSpec | TrainingJobSpec, choice: Any, status: dict[str, Any]
+) -> tuple[SchedulePlan | None, str | None]:
+    """Ask a sizing scheduler (melange, distserve) how many replicas of which type to run.
+
+    Only Deployments that declare a request rate (or disaggregation) are sized. A
+    plan that was placed in full for this generation is kept, not re-solved on
+    every pass: replicas must not move because another owner took some GPUs.
+    """
+    if isinstance(choice, str) or not isinstance(spec, DeploymentSpec):
+        return None, None
+    scheduler, params = choice
+    if not hasattr(scheduler, "plan"):
+        return None, None
+    if not spec.workload.requestsPerSecond and spec.disaggregation != "auto":
+        return None, None
+    previous = status.get("plan") or {}
+    if (
+        previous.get("generation") == owner.generation
+        and previous.get("policy") == scheduler.name
+        and previous.get("supported", True)
+        and not previous.get("shortfall")
+        and is_true(status, "Scheduled")
+    ):
+        return SchedulePlan.from_dict(previous), None
+    try:
+        plan = scheduler.plan(
+            request=placement_request(owner, spec, 0), fleet=fleet.snapshot(), params=params
+        )
+    except PlanProblem as exc:
+        return None, f"cannot plan with {scheduler.name}: {exc}; {exc.field}: {exc.fix}"
+    return plan, None
+
+
+def describe_plan(plan: SchedulePlan) -> str:
+    if plan.roles:
+        parts = [
+            f"{role} {r['instances']}×{r['tensorParallel']}×{r['gpuType']}" for role, r in plan.roles.items()
+        ]
+    else:
+        parts = [f"{n}×{t}" for t, n in sorted(plan.replicas.items())]
+    return ", ".join(parts) + f" at ${plan.cost_per_hour:.2f}/h"
+
+
+def _group_by_target(
+    workloads: list[Resource], targets: dict[str | None, int]
+) -> dict[str | None, list[Resource]]:
+    """Workloads by the GPU type they run on when targets are per type, else all in one group."""
+    if set(targets) == {None}:
+        return {None: sorted(workloads, key=replica_index)}
+    nodes = {w.node_name for w in workloads}
+    types: dict[tuple[str, int], str] = {}
+    for name, node_status in Resource.objects.filter(kind="Node", name__in=nodes).values_list(
+        "name", "status"
+    ):
+        for device in node_status.get("devices") or []:
+            if isinstance(device, dict) and "index" in device:
+                types[(name, int(device["index"]))] = str(device.get("type"))
+    groups: dict[str | None, list[Resource]] = {}
+    for workload in sorted(workloads, key=replica_index):
+        gpus = workload.spec.get("gpus") or [0]
+        groups.setdefault(types.get((workload.node_name, gpus[0])), []).append(workload)
+    return groups
+
+
+def _place(
+    owner: Resource,
+    spec: DeploymentSpec | TrainingJobSpec,
+    choice: tuple[Any, BaseModel],
+    view: Any,
+    workloads: list[Resource],
+    missing: int,
+    gpu_type: str | None = None,
+) -> str | None:
+    """Place ``missing`` replicas (of ``gpu_type`` when a plan names one); append the
+    new Workloads; return why some could not be."""
+    scheduler, params = choice
+    role = role_of(owner.kind)
+    request = placement_request(owner, spec, missing, gpu_type)
     result = scheduler.place(request=request, fleet=view, params=params)
     used = {replica_index(w) for w in workloads}
     free_indices = (i for i in range(len(workloads) + missing + 1) if i not in used)

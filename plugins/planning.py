@@ -1,0 +1,297 @@
+"""What the sizing schedulers share: a Deployment's demand, profiles, and simulated predictions.
+
+Pure Python on plain data (a Deployment spec as a dict, a ``FleetView``), so the
+melange and distserve plugins, ``flotilla plan`` and the scheduler benchmark
+compute the same numbers the same way.
+
+Profiles: a stored ``measured`` Profile (``FleetView.profiles``) for the GPU type,
+model shape and tensor-parallel degree wins; otherwise the simulator's roofline
+``estimated`` profile; a type with neither cannot be planned for and is named in
+the plan's notes.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from plugins.binpack import gpu_matches, node_eligible
+from plugins.sim import (
+    HARDWARE,
+    Buckets,
+    GpuProfile,
+    ModelShape,
+    Request,
+    RequestResult,
+    SimResult,
+    Slo,
+    estimate,
+    max_rate,
+    simulate,
+)
+from plugins.types import FleetView, PlacementRequest
+
+# Simulating every replica of a large Deployment costs time for little accuracy: a
+# type's replicas behind a least-loaded dispatcher are simulated as at most this many
+# instances with their share of the traffic (slightly pessimistic: less multiplexing).
+MAX_SIMULATED_INSTANCES = 8
+REQUESTS_PER_INSTANCE = 150
+MAX_SIMULATED_REQUESTS = 1200
+
+
+class PlanProblem(ValueError):
+    """The Deployment cannot be planned as written; ``field`` and ``fix`` say what to change."""
+
+    def __init__(self, message: str, field: str, fix: str):
+        super().__init__(message)
+        self.field = field
+        self.fix = fix
+
+
+@dataclass
+class Demand:
+    """A Deployment's traffic, SLO and model, as the simulator needs them."""
+
+    rate: float
+    buckets: Buckets
+    fractions: list[float]
+    slo: Slo
+    shape: ModelShape
+    tensor_parallel: int = 1
+    # The (input, output) lengths simulated for each bucket: the declared lengths when
+    # the spec gives one pair, else each bucket's representative.
+    points: list[tuple[int, int]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.points:
+            self.points = [self.buckets.representative(b) for b in range(len(self.fractions))]
+
+    def lengths(self, rng: random.Random) -> tuple[int, int]:
+        bucket = rng.choices(range(len(self.fractions)), weights=self.fractions)[0]
+        return self.points[bucket]
+
+    def requests(self, rate: float, count: int, seed: int = 0) -> list[Request]:
+        """Poisson arrivals at ``rate`` with lengths drawn from the histogram."""
+        rng = random.Random(seed)
+        at, out = 0.0, []
+        for i in range(count):
+            at += rng.expovariate(rate)
+            input_tokens, output_tokens = self.lengths(rng)
+            out.append(Request(i, at, input_tokens, output_tokens))
+        return out
+
+
+def demand_of(spec: dict[str, Any], gpus_per_replica: int = 1) -> Demand:
+    """The Demand a Deployment spec declares; PlanProblem names what is missing."""
+    workload = spec.get("workload") or {}
+    slo = spec.get("slo") or {}
+    rate = workload.get("requestsPerSecond")
+    if not rate:
+        raise PlanProblem(
+            "no request rate to size for",
+            "spec.workload.requestsPerSecond",
+            "declare the expected requests per second, e.g. workload: {requestsPerSecond: 20}",
+        )
+    if not slo.get("ttftMs") and not slo.get("tpotMs"):
+        raise PlanProblem(
+            "no latency target to size for",
+            "spec.slo",
+            "declare slo.ttftMs and/or slo.tpotMs (milliseconds), e.g. slo: {ttftMs: 500, tpotMs: 50}",
+        )
+    histogram = workload.get("histogram")
+    points: list[tuple[int, int]] = []
+    if histogram:
+        buckets = Buckets(list(histogram["inputEdges"]), list(histogram["outputEdges"]))
+        fractions = [value for row in histogram["fractions"] for value in row]
+    else:
+        input_tokens = int(workload.get("inputTokens") or 512)
+        output_tokens = int(workload.get("outputTokens") or 128)
+        buckets = Buckets([input_tokens], [output_tokens])
+        fractions = [1.0]
+        points = [(input_tokens, output_tokens)]
+    model = spec.get("model") or {}
+    try:
+        shape = ModelShape.from_config(model.get("config") or {})
+    except ValueError as exc:
+        raise PlanProblem(str(exc), "spec.model.config", "use the runtime's config keys") from None
+    return Demand(
+        rate=float(rate),
+        buckets=buckets,
+        fractions=fractions,
+        slo=Slo(slo.get("ttftMs"), slo.get("tpotMs")),
+        shape=shape,
+        tensor_parallel=gpus_per_replica,
+        points=points,
+    )
+
+
+def profile_for(gpu_type: str, demand: Demand, fleet: FleetView) -> GpuProfile | None:
+    """The measured profile when one is stored, else the roofline estimate, else None."""
+    for stored in fleet.profiles:
+        if (
+            stored.get("gpuType") == gpu_type
+            and stored.get("model") == demand.shape.key
+            and int(stored.get("tensorParallel", 1)) == demand.tensor_parallel
+        ):
+            known = {k: v for k, v in stored.items() if k not in ("measuredOn", "fitErrorPercent")}
+            return GpuProfile.from_dict(known)
+    if gpu_type not in HARDWARE:
+        return None
+    try:
+        return estimate(gpu_type, demand.shape, tensor_parallel=demand.tensor_parallel)
+    except ValueError:
+        return None  # the model does not fit this type at this tensor-parallel degree
+
+
+def price_of(gpu_type: str, fleet: FleetView) -> tuple[float, bool]:
+    """(price per GPU-hour, whether it was estimated rather than taken from a Cluster)."""
+    if gpu_type in fleet.prices:
+        return float(fleet.prices[gpu_type]), False
+    hardware = HARDWARE.get(gpu_type)
+    return (hardware.price_per_hour if hardware else 0.0), True
+
+
+def free_replicas_by_type(request: PlacementRequest, fleet: FleetView) -> dict[str, int]:
+    """How many replicas of each GPU type the eligible nodes could take now.
+
+    GPUs this owner already holds count as free: a plan re-sizes the whole
+    Deployment, and its own replicas are what it would keep first.
+    """
+    owner = f"{request.owner_kind}/{request.owner_name}"
+    counts: Counter[str] = Counter()
+    for node in fleet.nodes:
+        if not node_eligible(node, request):
+            continue
+        per_type: Counter[str] = Counter(
+            gpu.type
+            for gpu in node.gpus
+            if gpu.healthy and gpu.allocated_to in (None, owner) and gpu_matches(gpu, request)
+        )
+        for gpu_type, free in per_type.items():
+            counts[gpu_type] += free // request.gpus_per_replica
+    return dict(counts)
+
+
+def owned_replicas_by_type(request: PlacementRequest, fleet: FleetView) -> dict[str, int]:
+    owner = f"{request.owner_kind}/{request.owner_name}"
+    held: Counter[str] = Counter(
+        gpu.type for node in fleet.nodes for gpu in node.gpus if gpu.allocated_to == owner
+    )
+    return {t: math.ceil(n / request.gpus_per_replica) for t, n in held.items()}
+
+
+@dataclass
+class Prediction:
+    attainment: float
+    ttft_p90_ms: float
+    tpot_p90_ms: float
+    simulated_requests: int
+    per_type: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe: a latency nothing was measured for (no replica) is None, not inf."""
+
+        def finite(value: float, digits: int) -> float | None:
+            return round(value, digits) if math.isfinite(value) else None
+
+        return {
+            "sloAttainment": round(self.attainment, 4),
+            "ttftP90Ms": finite(self.ttft_p90_ms, 2),
+            "tpotP90Ms": finite(self.tpot_p90_ms, 3),
+            "simulatedRequests": self.simulated_requests,
+        }
+
+
+def _p90(values: list[float]) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, math.ceil(0.9 * len(ordered)) - 1)]
+
+
+def predict(
+    demand: Demand,
+    replicas: dict[str, int],
+    profiles: dict[str, GpuProfile],
+    routing: dict[str, list[float]] | None = None,
+    seed: int = 0,
+) -> Prediction:
+    """Simulate ``demand`` served by ``replicas`` (type → count).
+
+    ``routing`` gives, per type, the share of each bucket's traffic it serves (a
+    Mélange assignment); without it a request goes to a type in proportion to that
+    type's capacity for the Deployment's traffic. Requests no replica can take
+    count as misses.
+    """
+    active = {t: n for t, n in replicas.items() if n > 0 and t in profiles}
+    if not active:
+        return Prediction(0.0, math.inf, math.inf, 0)
+    if routing is None:
+        weights = {t: n * max(capacity(profiles[t], demand), 1e-9) for t, n in active.items()}
+        total = sum(weights.values())
+        routing = {t: [w / total] * len(demand.fractions) for t, w in weights.items()}
+    rng = random.Random(seed)
+    per_type_share = {
+        t: sum(f * s for f, s in zip(demand.fractions, routing.get(t, []), strict=False)) for t in active
+    }
+    results: list[RequestResult] = []
+    per_type: dict[str, dict[str, float]] = {}
+    unserved = max(0.0, 1.0 - sum(per_type_share.values()))
+    simulated = 0
+    for gpu_type, count in sorted(active.items()):
+        share = per_type_share[gpu_type]
+        if share <= 0:
+            continue
+        instances = min(count, MAX_SIMULATED_INSTANCES)
+        rate = demand.rate * share * instances / count
+        n = min(MAX_SIMULATED_REQUESTS, REQUESTS_PER_INSTANCE * instances)
+        # Lengths drawn from this type's slice of the histogram.
+        weights = [f * s for f, s in zip(demand.fractions, routing[gpu_type], strict=False)]
+        at, stream = 0.0, []
+        for i in range(n):
+            at += rng.expovariate(rate)
+            bucket = rng.choices(range(len(weights)), weights=weights)[0]
+            stream.append(Request(i, at, *demand.points[bucket]))
+        outcome = simulate(stream, profiles[gpu_type], instances=instances)
+        results += outcome.requests
+        simulated += n
+        per_type[gpu_type] = {
+            "share": round(share, 4),
+            "sloAttainment": round(outcome.attainment(demand.slo.ttft_ms, demand.slo.tpot_ms), 4),
+        }
+    merged = SimResult(results, max((r.arrival_s for r in results), default=0.0), sum(active.values()))
+    attainment = merged.attainment(demand.slo.ttft_ms, demand.slo.tpot_ms) * (1 - unserved)
+    served = [r for r in results if not r.rejected]
+    return Prediction(
+        attainment=attainment,
+        ttft_p90_ms=_p90([r.ttft_s * 1000 for r in served]),
+        tpot_p90_ms=_p90([r.tpot_s * 1000 for r in served]),
+        simulated_requests=simulated,
+        per_type=per_type,
+    )
+
+
+def capacity(profile: GpuProfile, demand: Demand) -> float:
+    """Requests/s one replica sustains at the SLO on the Deployment's traffic mix.
+
+    The harmonic combination of per-bucket maxima: a replica spending share f_b of
+    its requests in bucket b is busy Σ f_b / max_b seconds per request.
+    """
+    busy = 0.0
+    for bucket, fraction in enumerate(demand.fractions):
+        if fraction <= 0:
+            continue
+        best = bucket_rate(profile, demand, bucket)
+        if best <= 0:
+            return 0.0
+        busy += fraction / best
+    return 1.0 / busy if busy else 0.0
+
+
+def bucket_rate(profile: GpuProfile, demand: Demand, bucket: int) -> float:
+    """Mélange's per-bucket input: the highest rate one replica sustains at the SLO."""
+    input_tokens, output_tokens = demand.points[bucket]
+    return max_rate(profile, input_tokens, output_tokens, demand.slo)
