@@ -10,15 +10,13 @@ private copy of the fleet snapshot.
 from __future__ import annotations
 
 import copy
-from collections import Counter
 from typing import Any
 
 from controlplane import fleet
-from controlplane.controllers.owners import placement_request
-from controlplane.models import Resource
+from controlplane.controllers.owners import placement_request, scheduler_for
 from controlplane.policies import PolicyProblem, resolve
 from controlplane.specs import DeploymentSpec
-from plugins.planning import PlanProblem, demand_of, predict, price_of, profile_for
+from plugins.planning import PlanProblem, colocated_plan
 from plugins.types import FleetView, SchedulePlan
 
 CANDIDATES = ("binpack", "spread", "melange", "distserve")
@@ -54,15 +52,9 @@ def preview(name: str, spec_document: dict[str, Any]) -> dict[str, Any]:
 
 
 def _chosen_policy(spec: DeploymentSpec) -> str | None:
-    cluster = Resource.objects.filter(kind="Cluster", name=spec.cluster).first() if spec.cluster else None
-    name = spec.policies.scheduler or ((cluster.spec if cluster else {}).get("policies") or {}).get(
-        "scheduler"
-    )
-    try:
-        scheduler, _ = resolve("scheduler", name)
-    except PolicyProblem:
-        return name
-    return scheduler.name
+    """The scheduler the owner controller would use; None when none resolves."""
+    choice = scheduler_for(spec)
+    return None if isinstance(choice, str) else choice[0].name
 
 
 def _plan_one(policy: str, owner: _Owner, spec: DeploymentSpec, view: FleetView) -> dict[str, Any]:
@@ -76,35 +68,13 @@ def _plan_one(policy: str, owner: _Owner, spec: DeploymentSpec, view: FleetView)
         if hasattr(scheduler, "plan") and (spec.workload.requestsPerSecond or spec.disaggregation == "auto"):
             plan = scheduler.plan(request=request, fleet=own, params=params)
         else:
-            plan = _colocated_plan(policy, request, own, scheduler, params)
+            plan = colocated_plan(policy, scheduler, params, request, own)
     except PlanProblem as exc:
         return {"policy": policy, "problem": f"{exc}; {exc.field}: {exc.fix}"}
     document = plan.to_dict()
     if plan.supported:
         document["nodes"] = _nodes(plan, owner, spec, view, scheduler, params)
     return document
-
-
-def _colocated_plan(policy: str, request, view: FleetView, scheduler, params) -> SchedulePlan:
-    """A fixed replica count placed by ``policy``; predicted when the spec allows it."""
-    result = scheduler.place(request=request, fleet=view, params=params)
-    types: Counter[str] = Counter()
-    for placement in result.placements:
-        node = view.node(placement.node)
-        gpu = next(g for g in node.gpus if g.index == placement.gpus[0])
-        types[gpu.type] += 1
-    cost = sum(n * request.gpus_per_replica * price_of(t, view)[0] for t, n in types.items())
-    plan = SchedulePlan(policy=policy, replicas=dict(types), gpus_per_replica=request.gpus_per_replica)
-    plan.cost_per_hour = cost
-    plan.shortfall = result.unschedulable
-    try:
-        demand = demand_of(request.spec, request.gpus_per_replica)
-    except PlanProblem as exc:
-        plan.notes.append(f"no prediction: {exc} ({exc.field})")
-        return plan
-    profiles = {t: p for t in types if (p := profile_for(t, demand, view)) is not None}
-    plan.predicted = predict(demand, dict(types), profiles).to_dict()
-    return plan
 
 
 def _nodes(plan: SchedulePlan, owner: _Owner, spec: DeploymentSpec, view: FleetView, scheduler, params):

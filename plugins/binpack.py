@@ -9,6 +9,7 @@ node selector, the cluster, readiness and cordons.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -97,6 +98,52 @@ def unschedulable_reason(fleet: FleetView, request: PlacementRequest, placed: in
     return message
 
 
+# Orders a node that can take one more replica (with the GPUs it would take); smaller
+# is better, ties go to the node whose name sorts first; None rules the node out.
+NodeKey = Callable[[NodeView, list[Gpu]], tuple | None]
+
+
+def place_by_key(
+    request: PlacementRequest,
+    fleet: FleetView,
+    key: NodeKey,
+    placed: Callable[[NodeView], None] | None = None,
+) -> PlacementResult:
+    """Place replicas one at a time, each on the eligible node with the smallest ``key``.
+
+    The shared loop of the node-choosing schedulers: each marks the GPUs it takes in
+    ``fleet`` (so the next replica sees them taken) and differs only in its key;
+    ``placed`` lets a scheduler update its own bookkeeping after each choice.
+    """
+    owner = f"{request.owner_kind}/{request.owner_name}"
+    placements: list[Placement] = []
+    for _ in range(request.replicas):
+        best: tuple[tuple, NodeView, list[Gpu]] | None = None
+        for node in fleet.nodes:
+            if not node_eligible(node, request):
+                continue
+            chosen = fitting_gpus(node, request)
+            if chosen is None:
+                continue
+            rank = key(node, chosen)
+            if rank is None:
+                continue
+            if best is None or (*rank, node.name) < best[0]:
+                best = ((*rank, node.name), node, chosen)
+        if best is None:
+            break
+        _, node, gpus = best
+        for gpu in gpus:
+            gpu.allocated_to = owner
+        if placed is not None:
+            placed(node)
+        placements.append(Placement(node.name, sorted(g.index for g in gpus), request.role))
+    reason = None
+    if len(placements) < request.replicas:
+        reason = unschedulable_reason(fleet, request, len(placements))
+    return PlacementResult(placements, reason)
+
+
 class Binpack:
     name: ClassVar[str] = "binpack"
     kind: ClassVar[str] = "scheduler"
@@ -105,38 +152,12 @@ class Binpack:
 
     def place(self, *, request: PlacementRequest, fleet: FleetView, params: BaseModel) -> PlacementResult:
         assert isinstance(params, BinpackParams)
-        placements: list[Placement] = []
-        for _ in range(request.replicas):
-            choice = self._choose(fleet, request, params.spread)
-            if choice is None:
-                break
-            node, gpus = choice
-            for gpu in gpus:
-                gpu.allocated_to = f"{request.owner_kind}/{request.owner_name}"
-            placements.append(Placement(node.name, [g.index for g in gpus], request.role))
-        reason = None
-        if len(placements) < request.replicas:
-            reason = unschedulable_reason(fleet, request, len(placements))
-        return PlacementResult(placements, reason)
 
-    @staticmethod
-    def _choose(
-        fleet: FleetView, request: PlacementRequest, spread: bool
-    ) -> tuple[NodeView, list[Gpu]] | None:
-        best: tuple[tuple, NodeView, list[Gpu]] | None = None
-        for node in fleet.nodes:
-            if not node_eligible(node, request):
-                continue
-            chosen = fitting_gpus(node, request)
-            if chosen is None:
-                continue
+        def memory_left(node: NodeView, chosen: list[Gpu]) -> tuple:
             left = sum(g.memory_mib for g in node.free_gpus()) - sum(g.memory_mib for g in chosen)
-            key = (-left if spread else left, node.name)
-            if best is None or key < best[0]:
-                best = (key, node, chosen)
-        if best is None:
-            return None
-        return best[1], sorted(best[2], key=lambda g: g.index)
+            return (-left if params.spread else left,)
+
+        return place_by_key(request, fleet, memory_left)
 
 
 @hookimpl

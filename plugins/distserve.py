@@ -28,9 +28,9 @@ from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from plugins.binpack import Binpack, BinpackParams, gpu_matches, node_eligible
+from plugins.binpack import Binpack, BinpackParams
 from plugins.hookspecs import hookimpl
-from plugins.planning import Demand, PlanProblem, demand_of, price_of, profile_for
+from plugins.planning import Demand, PlanProblem, demand_of, free_gpus_per_node, price_of, profile_for
 from plugins.sim import GpuProfile, Slo, goodput, simulate, simulate_disaggregated
 from plugins.types import FleetView, PlacementRequest, PlacementResult, SchedulePlan
 
@@ -117,23 +117,6 @@ def _finite_ms(seconds: float, digits: int) -> float | None:
     return round(seconds * 1000, digits) if math.isfinite(seconds) else None
 
 
-def gpus_by_type(request: PlacementRequest, fleet: FleetView) -> dict[str, tuple[int, int]]:
-    """Free GPUs per type: (total, most on one node), the latter bounding tensor parallelism."""
-    totals: dict[str, list[int]] = {}
-    for node in fleet.nodes:
-        if not node_eligible(node, request):
-            continue
-        per_node: dict[str, int] = {}
-        for gpu in node.free_gpus():
-            if gpu_matches(gpu, request):
-                per_node[gpu.type] = per_node.get(gpu.type, 0) + 1
-        for gpu_type, count in per_node.items():
-            entry = totals.setdefault(gpu_type, [0, 0])
-            entry[0] += count
-            entry[1] = max(entry[1], count)
-    return {t: (total, widest) for t, (total, widest) in totals.items()}
-
-
 def colocated_goodput(profile: GpuProfile, demand: Demand) -> float:
     """Goodput of one colocated replica (prefill and decode on the same GPUs), for comparison."""
     return goodput(
@@ -167,7 +150,8 @@ class DistServe:
                 "spec.slo",
                 "declare both slo.ttftMs (prefill) and slo.tpotMs (decode)",
             )
-        free = gpus_by_type(request, fleet)
+        # Per type: (free GPUs in all, most on one node -- which bounds tensor parallelism).
+        free = {t: (sum(c), max(c)) for t, c in free_gpus_per_node(request, fleet).items()}
         phases: dict[str, list[PhaseConfig]] = {"prefill": [], "decode": []}
         profiles: dict[tuple[str, int], GpuProfile] = {}
         notes: list[str] = []

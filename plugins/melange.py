@@ -33,6 +33,8 @@ from plugins.planning import (
     price_of,
     profile_for,
 )
+from plugins.sim import HARDWARE
+from plugins.sim.profiles import POWER_AT_LOAD
 from plugins.types import FleetView, PlacementRequest, PlacementResult, SchedulePlan
 
 
@@ -58,8 +60,6 @@ class MelangeParams(BaseModel):
 
 def _power_headroom(fleet: FleetView, owner: str) -> float | None:
     """The budget minus what other owners' GPUs draw at load (estimated per type)."""
-    from plugins.sim import HARDWARE
-
     if fleet.power_budget_watts is None:
         return None
     drawn = 0.0
@@ -67,7 +67,7 @@ def _power_headroom(fleet: FleetView, owner: str) -> float | None:
         for gpu in node.gpus:
             if gpu.allocated_to and gpu.allocated_to != owner:
                 hardware = HARDWARE.get(gpu.type)
-                drawn += 0.8 * hardware.tdp_watts if hardware else 0.0
+                drawn += POWER_AT_LOAD * hardware.tdp_watts if hardware else 0.0
     return max(0.0, fleet.power_budget_watts - drawn)
 
 

@@ -32,7 +32,7 @@ from plugins.sim import (
     max_rate,
     simulate,
 )
-from plugins.types import FleetView, PlacementRequest
+from plugins.types import FleetView, PlacementRequest, SchedulePlan
 
 # Simulating every replica of a large Deployment costs time for little accuracy: a
 # type's replicas behind a least-loaded dispatcher are simulated as at most this many
@@ -69,18 +69,18 @@ class Demand:
         if not self.points:
             self.points = [self.buckets.representative(b) for b in range(len(self.fractions))]
 
-    def lengths(self, rng: random.Random) -> tuple[int, int]:
-        bucket = rng.choices(range(len(self.fractions)), weights=self.fractions)[0]
-        return self.points[bucket]
-
-    def requests(self, rate: float, count: int, seed: int = 0) -> list[Request]:
-        """Poisson arrivals at ``rate`` with lengths drawn from the histogram."""
+    def requests(
+        self, rate: float, count: int, seed: int = 0, weights: list[float] | None = None
+    ) -> list[Request]:
+        """Poisson arrivals at ``rate``, lengths drawn from the histogram (or from ``weights``
+        per bucket, e.g. the slice of it one GPU type serves)."""
         rng = random.Random(seed)
+        weights = weights or self.fractions
         at, out = 0.0, []
         for i in range(count):
             at += rng.expovariate(rate)
-            input_tokens, output_tokens = self.lengths(rng)
-            out.append(Request(i, at, input_tokens, output_tokens))
+            bucket = rng.choices(range(len(weights)), weights=weights)[0]
+            out.append(Request(i, at, *self.points[bucket]))
         return out
 
 
@@ -154,33 +154,33 @@ def price_of(gpu_type: str, fleet: FleetView) -> tuple[float, bool]:
     return (hardware.price_per_hour if hardware else 0.0), True
 
 
-def free_replicas_by_type(request: PlacementRequest, fleet: FleetView) -> dict[str, int]:
-    """How many replicas of each GPU type the eligible nodes could take now.
+def free_gpus_per_node(request: PlacementRequest, fleet: FleetView) -> dict[str, list[int]]:
+    """For each GPU type, how many GPUs the request may use on each eligible node.
 
     GPUs this owner already holds count as free: a plan re-sizes the whole
     Deployment, and its own replicas are what it would keep first.
     """
     owner = f"{request.owner_kind}/{request.owner_name}"
-    counts: Counter[str] = Counter()
+    per_type: dict[str, list[int]] = {}
     for node in fleet.nodes:
         if not node_eligible(node, request):
             continue
-        per_type: Counter[str] = Counter(
+        usable: Counter[str] = Counter(
             gpu.type
             for gpu in node.gpus
             if gpu.healthy and gpu.allocated_to in (None, owner) and gpu_matches(gpu, request)
         )
-        for gpu_type, free in per_type.items():
-            counts[gpu_type] += free // request.gpus_per_replica
-    return dict(counts)
+        for gpu_type, count in usable.items():
+            per_type.setdefault(gpu_type, []).append(count)
+    return per_type
 
 
-def owned_replicas_by_type(request: PlacementRequest, fleet: FleetView) -> dict[str, int]:
-    owner = f"{request.owner_kind}/{request.owner_name}"
-    held: Counter[str] = Counter(
-        gpu.type for node in fleet.nodes for gpu in node.gpus if gpu.allocated_to == owner
-    )
-    return {t: math.ceil(n / request.gpus_per_replica) for t, n in held.items()}
+def free_replicas_by_type(request: PlacementRequest, fleet: FleetView) -> dict[str, int]:
+    """How many replicas of each GPU type the eligible nodes could take (a replica never spans nodes)."""
+    return {
+        gpu_type: sum(count // request.gpus_per_replica for count in counts)
+        for gpu_type, counts in free_gpus_per_node(request, fleet).items()
+    }
 
 
 @dataclass
@@ -233,7 +233,6 @@ def predict(
         weights = {t: n * max(capacity(profiles[t], demand), 1e-9) for t, n in active.items()}
         total = sum(weights.values())
         routing = {t: [w / total] * len(demand.fractions) for t, w in weights.items()}
-    rng = random.Random(seed)
     per_type_share = {
         t: sum(f * s for f, s in zip(demand.fractions, routing.get(t, []), strict=False)) for t in active
     }
@@ -241,7 +240,7 @@ def predict(
     per_type: dict[str, dict[str, float]] = {}
     unserved = max(0.0, 1.0 - sum(per_type_share.values()))
     simulated = 0
-    for gpu_type, count in sorted(active.items()):
+    for index, (gpu_type, count) in enumerate(sorted(active.items())):
         share = per_type_share[gpu_type]
         if share <= 0:
             continue
@@ -250,11 +249,7 @@ def predict(
         n = min(MAX_SIMULATED_REQUESTS, REQUESTS_PER_INSTANCE * instances)
         # Lengths drawn from this type's slice of the histogram.
         weights = [f * s for f, s in zip(demand.fractions, routing[gpu_type], strict=False)]
-        at, stream = 0.0, []
-        for i in range(n):
-            at += rng.expovariate(rate)
-            bucket = rng.choices(range(len(weights)), weights=weights)[0]
-            stream.append(Request(i, at, *demand.points[bucket]))
+        stream = demand.requests(rate, n, seed=seed + index, weights=weights)
         outcome = simulate(stream, profiles[gpu_type], instances=instances)
         results += outcome.requests
         simulated += n
@@ -272,6 +267,37 @@ def predict(
         simulated_requests=simulated,
         per_type=per_type,
     )
+
+
+def colocated_plan(
+    policy: str, scheduler: Any, params: Any, request: PlacementRequest, fleet: FleetView
+) -> SchedulePlan:
+    """``request.replicas`` placed by a node-choosing scheduler (binpack, spread), as a plan.
+
+    Marks the GPUs taken in ``fleet`` (pass a copy). Predicted only when the spec
+    declares a rate and an SLO; otherwise the notes say why not.
+    """
+    result = scheduler.place(request=request, fleet=fleet, params=params)
+    types: Counter[str] = Counter()
+    for placement in result.placements:
+        node = fleet.node(placement.node)
+        gpu = next(g for g in node.gpus if g.index == placement.gpus[0])
+        types[gpu.type] += 1
+    plan = SchedulePlan(
+        policy=policy,
+        replicas=dict(types),
+        gpus_per_replica=request.gpus_per_replica,
+        cost_per_hour=sum(n * request.gpus_per_replica * price_of(t, fleet)[0] for t, n in types.items()),
+        shortfall=result.unschedulable,
+    )
+    try:
+        demand = demand_of(request.spec, request.gpus_per_replica)
+    except PlanProblem as exc:
+        plan.notes.append(f"no prediction: {exc} ({exc.field})")
+        return plan
+    profiles = {t: p for t in types if (p := profile_for(t, demand, fleet)) is not None}
+    plan.predicted = predict(demand, dict(types), profiles).to_dict()
+    return plan
 
 
 def capacity(profile: GpuProfile, demand: Demand) -> float:

@@ -15,9 +15,9 @@ from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from plugins.binpack import fitting_gpus, node_eligible, unschedulable_reason
+from plugins.binpack import place_by_key
 from plugins.hookspecs import hookimpl
-from plugins.types import FleetView, Gpu, NodeView, Placement, PlacementRequest, PlacementResult
+from plugins.types import FleetView, Gpu, NodeView, PlacementRequest, PlacementResult
 
 
 class SpreadParams(BaseModel):
@@ -58,45 +58,21 @@ class Spread:
                 per_domain[domain_of(node, params.topologyKey)] += max(
                     1, len(held) // request.gpus_per_replica
                 )
-        placements: list[Placement] = []
-        reason = None
-        for _ in range(request.replicas):
-            choice = self._choose(fleet, request, params, per_domain)
-            if choice is None:
-                break
-            node, gpus = choice
-            for gpu in gpus:
-                gpu.allocated_to = owner
-            per_domain[domain_of(node, params.topologyKey)] += 1
-            placements.append(Placement(node.name, [g.index for g in gpus], request.role))
-        if len(placements) < request.replicas:
-            reason = unschedulable_reason(fleet, request, len(placements))
-            if params.strict:
-                domains = "node" if params.topologyKey is None else f"{params.topologyKey} value"
-                reason += f"; spread is strict: at most one replica per {domains}"
-        return PlacementResult(placements, reason)
 
-    @staticmethod
-    def _choose(
-        fleet: FleetView, request: PlacementRequest, params: SpreadParams, per_domain: Counter[str]
-    ) -> tuple[NodeView, list[Gpu]] | None:
-        best: tuple[tuple, NodeView, list[Gpu]] | None = None
-        for node in fleet.nodes:
-            if not node_eligible(node, request):
-                continue
+        def fewest_replicas(node: NodeView, chosen: list[Gpu]) -> tuple | None:
             domain = domain_of(node, params.topologyKey)
             if params.strict and per_domain[domain]:
-                continue
-            chosen = fitting_gpus(node, request)
-            if chosen is None:
-                continue
-            free_memory = sum(g.memory_mib for g in node.free_gpus())
-            key = (per_domain[domain], -free_memory, node.name)
-            if best is None or key < best[0]:
-                best = (key, node, chosen)
-        if best is None:
-            return None
-        return best[1], sorted(best[2], key=lambda g: g.index)
+                return None
+            return (per_domain[domain], -sum(g.memory_mib for g in node.free_gpus()))
+
+        def placed(node: NodeView) -> None:
+            per_domain[domain_of(node, params.topologyKey)] += 1
+
+        result = place_by_key(request, fleet, fewest_replicas, placed)
+        if result.unschedulable and params.strict:
+            domains = "node" if params.topologyKey is None else f"{params.topologyKey} value"
+            result.unschedulable += f"; spread is strict: at most one replica per {domains}"
+        return result
 
 
 @hookimpl

@@ -28,7 +28,7 @@ from plugins.binpack import Binpack, BinpackParams
 from plugins.distserve import DistServe, DistServeParams, colocated_goodput
 from plugins.melange import Melange, MelangeParams
 from plugins.mixsolver import GpuOption, MixProblem, solve
-from plugins.planning import PlanProblem, demand_of, predict, profile_for
+from plugins.planning import PlanProblem, colocated_plan, demand_of, profile_for
 from plugins.sim import DEFAULT_BUCKETS, HARDWARE, SHAPES, mixed_80_20, short_chat, summarisation
 from plugins.types import FleetView, Gpu, NodeView, PlacementRequest
 
@@ -116,21 +116,10 @@ def bench_workload(name, generator, rate, ttft, tpot, types, per_type, with_dist
     cheapest = min(singles, key=lambda r: r["costPerHour"]) if singles else None
     if cheapest:
         replicas = sum(cheapest["replicas"].values())
-        placed = Binpack().place(
-            request=request_for(spec, replicas), fleet=fleet_of(types, per_type), params=BinpackParams()
+        plan = colocated_plan(
+            "binpack", Binpack(), BinpackParams(), request_for(spec, replicas), fleet_of(types, per_type)
         )
-        chosen: dict[str, int] = {}
-        view = fleet_of(types, per_type)
-        for placement in placed.placements:
-            gpu_type = view.node(placement.node).gpus[0].type
-            chosen[gpu_type] = chosen.get(gpu_type, 0) + 1
-        demand = demand_of(spec)
-        profiles = {t: p for t in chosen if (p := profile_for(t, demand, view)) is not None}
-        prediction = predict(demand, chosen, profiles)
-        cost = sum(n * fleet.prices[t] for t, n in chosen.items())
-        rows.append(
-            row("binpack", {"replicas": chosen, "costPerHour": cost, "predicted": prediction.to_dict()})
-        )
+        rows.append(row("binpack", plan.to_dict()))
     melange = Melange().plan(request=request_for(spec), fleet=fleet, params=MelangeParams()).to_dict()
     rows.append(row("melange", melange))
     result: dict[str, Any] = {

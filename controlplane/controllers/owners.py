@@ -13,7 +13,7 @@ import logging
 from typing import Any
 
 from django.db import transaction
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from controlplane import events, fleet, store
 from controlplane.conditions import is_true, set_condition
@@ -66,7 +66,13 @@ def owned_workloads(owner: Resource) -> list[Resource]:
     return sorted(Resource.objects.filter(kind="Workload", owner_uid=str(owner.uid)), key=replica_index)
 
 
+# (owner resourceVersion, scheduler name, plan, plan problem): a sizing plan made before
+# the writers' lock was taken, valid while the owner is unchanged.
+Planned = tuple[int, str, SchedulePlan | None, str | None]
+
+
 def reconcile(kind: str, name: str) -> None:
+    planned = _plan_ahead(kind, name)
     with transaction.atomic():
         store.lock_writes()  # scheduling reads free GPUs; no other writer may interleave
         owner = store.find(kind, name)
@@ -75,7 +81,33 @@ def reconcile(kind: str, name: str) -> None:
         if owner.deletion_timestamp is not None:
             _finalize(owner)
         else:
-            _converge(owner)
+            _converge(owner, planned)
+
+
+def _plan_ahead(kind: str, name: str) -> Planned | None:
+    """Size a Deployment before taking the writers' lock.
+
+    A sizing plan runs the simulator and reads the whole fleet; done under the lock
+    it would hold every other writer (applies, heartbeats' status writes, other
+    reconciles) for that long. The plan is used only if the owner is unchanged once
+    the lock is held; placement itself still happens under the lock, on a fresh
+    snapshot, so a plan made on slightly stale free counts can only leave replicas
+    unplaced for the next pass, never double-book a GPU.
+    """
+    if kind != "Deployment":
+        return None
+    owner = store.find(kind, name)
+    if owner is None or owner.deletion_timestamp is not None:
+        return None
+    try:
+        spec = DeploymentSpec.model_validate(owner.spec)
+    except ValidationError:
+        return None  # _converge reports it
+    choice = scheduler_for(spec)
+    if isinstance(choice, str):
+        return None
+    plan, problem = _sizing_plan(owner, spec, choice, owner.status)
+    return owner.resource_version, choice[0].name, plan, problem
 
 
 def _finalize(owner: Resource) -> None:
@@ -88,7 +120,7 @@ def _finalize(owner: Resource) -> None:
         store.set_finalizers(owner, [f for f in owner.finalizers if f != WORKLOAD_FINALIZER])
 
 
-def _converge(owner: Resource) -> None:
+def _converge(owner: Resource, planned: Planned | None = None) -> None:
     info = KINDS[owner.kind]
     spec = info.spec_model.model_validate(owner.spec)
     status = copy.deepcopy(owner.status)
@@ -116,8 +148,16 @@ def _converge(owner: Resource) -> None:
         store.request_delete(workload)
         workloads.remove(workload)
 
-    choice = _scheduler(spec)
-    plan, plan_problem = _sizing_plan(owner, spec, choice, status)
+    choice = scheduler_for(spec)
+    if (
+        planned is not None
+        and planned[0] == owner.resource_version
+        and not isinstance(choice, str)
+        and planned[1] == choice[0].name
+    ):
+        plan, plan_problem = planned[2], planned[3]
+    else:
+        plan, plan_problem = _sizing_plan(owner, spec, choice, status)
     targets: dict[str | None, int]
     if plan is not None and not plan.supported:
         targets = {None: 0}  # shown, not run: see plugins/distserve.py
@@ -237,7 +277,7 @@ def _note_unsupported(owner: Resource, spec: DeploymentSpec | TrainingJobSpec) -
     )
 
 
-def _scheduler(spec: DeploymentSpec | TrainingJobSpec) -> tuple[Any, BaseModel] | str:
+def scheduler_for(spec: DeploymentSpec | TrainingJobSpec) -> tuple[Any, BaseModel] | str:
     """The owner's scheduler plugin and its params, or why there is none."""
     cluster_spec = {}
     if spec.cluster:
