@@ -193,3 +193,18 @@ def test_a_post_without_its_csrf_token_is_refused(browser, live):
     status = page.evaluate("""async () => (await fetch('/nodes/gpu-a/uncordon', {method: 'POST'})).status""")
     assert status == 403
     page.close()
+
+
+def test_a_sized_deployment_shows_its_plan(browser, live):
+    live.start_agent("gpu-plan", "2xH100")
+    sized = DEPLOYMENT_YAML.replace("browser-chat", "plan-chat") + (
+        "  workload: {requestsPerSecond: 2, inputTokens: 256, outputTokens: 64}\n"
+        "  slo: {ttftMs: 2000, tpotMs: 100}\n"
+        "  policies: {scheduler: melange}\n"
+    )
+    live.client.apply(sized)
+    wait_for(lambda: live.client.get("deployments", "plan-chat")["status"].get("plan"), what="a plan")
+    page = log_in(browser, live, "viewer")
+    page.goto(f"{live.stack.url}/deployments/plan-chat/")
+    assert "melange" in page.wait_for_selector("#schedule-plan[data-policy=melange]").inner_text()
+    page.close()

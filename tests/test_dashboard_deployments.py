@@ -21,6 +21,7 @@ from controlplane.telemetry import store as telemetry
 from controlplane.timeutil import now
 from dashboard.deployments import editable_yaml
 from tests.conftest import deployment, logged_in
+from tests.test_sizing_controller import CLUSTER, sized
 
 pytestmark = pytest.mark.django_db
 
@@ -206,6 +207,7 @@ def test_detail_shows_status_spec_workloads_events_and_charts(op, add_node):
     assert "Scheduled" in html and "placed 2 replicas" in html  # an event
     # No telemetry yet: every chart says so instead of drawing empty axes.
     assert html.count("no data for this period yet") == 3
+    assert 'id="schedule-plan"' not in html  # binpack sizes nothing: no plan section
 
 
 def test_detail_charts_read_the_workloads_telemetry(op, add_node):
@@ -243,6 +245,127 @@ def test_detail_live_partial_and_its_end(op, add_node):
     assert replicas_text(response.content.decode()) == "1/1"
     assert op.get(detail("missing")).status_code == 404
     assert op.get(detail("missing", "live")).status_code == 286  # htmx stops polling
+
+
+# --- the sizing plan (status.plan) -----------------------------------------------------------
+
+
+def plan_section(html: str) -> str:
+    found = re.search(r'<section class="schedule-plan".*?</section>', html, re.S)
+    assert found, "no plan section"
+    return found.group(0)
+
+
+def figure(section: str, name: str) -> str:
+    """The text of one figure (cost, ttft-p90, tpot-p90, attainment), tags stripped."""
+    found = re.search(rf'<dd data-figure="{name}">(.*?)</dd>', section, re.S)
+    assert found, f"no figure {name}"
+    return " ".join(re.sub(r"<[^>]+>", " ", found.group(1)).split())
+
+
+def test_detail_shows_the_melange_plan_with_its_figures_against_the_slo(op, add_node):
+    add_node("h100-node", gpus=4, gpu_type="H100")
+    add_node("a100-node", gpus=4, gpu_type="A100-80GB", memory_mib=81920)
+    create(CLUSTER, sized(rate=70.0))
+    owners.reconcile("Deployment", "chat")
+    plan = store.get("Deployment", "chat").status["plan"]
+
+    section = plan_section(op.get(detail("chat")).content.decode())
+    assert 'data-policy="melange"' in section and 'data-served="all"' in section
+    assert "All traffic served" in section and "for generation 1" in section
+    for gpu_type, count in plan["replicas"].items():
+        row = re.search(rf'<tr data-gpu-type="{re.escape(gpu_type)}">.*?</tr>', section, re.S).group(0)
+        assert f'replicas-planned">{count}<' in row
+    assert f'total-gpus">{plan["gpus"]}<' in section
+    assert figure(section, "cost") == f"${plan['costPerHour']:.2f}/h"  # Cluster prices: no estimate
+    predicted = plan["predicted"]
+    assert figure(section, "ttft-p90") == f"{predicted['ttftP90Ms']:.0f} ms target ≤ 2000 ms"
+    assert figure(section, "tpot-p90") == f"{predicted['tpotP90Ms']:.1f} ms target ≤ 100 ms"
+    assert figure(section, "attainment").startswith(f"{predicted['sloAttainment'] * 100:.1f}%")
+    assert "goal ≥ 90%" in section
+    assert f"over {predicted['simulatedRequests']} requests" in section
+    assert escape(plan["notes"][-1]) in section  # "solver: milp (optimal)"
+
+
+def test_a_partial_mix_says_what_is_missing_and_marks_estimated_prices(op, add_node):
+    add_node("a100-node", gpus=1, gpu_type="A100-80GB", memory_mib=81920)
+    create(sized(rate=60.0))  # no Cluster: no gpuPrices, so every price is an estimate
+    owners.reconcile("Deployment", "chat")
+    plan = store.get("Deployment", "chat").status["plan"]
+    assert plan["shortfall"]
+
+    section = plan_section(op.get(detail("chat")).content.decode())
+    assert 'data-served="partial"' in section and "Partial mix" in section
+    assert escape(plan["shortfall"][1:]) in section  # in the plan's own words
+    assert "Some figures are estimates" in section
+    assert figure(section, "cost") == f"${plan['costPerHour']:.2f}/h estimate"
+    row = re.search(r'<tr data-gpu-type="A100-80GB">.*?</tr>', section, re.S).group(0)
+    assert "estimate</span>" in row and "using the estimate" in row  # the note is its title
+    assert '<li class="estimate"><span class="badge warn">estimate</span> A100-80GB: no price' in section
+
+
+def test_a_distserve_plan_shows_its_roles_and_that_nothing_runs(op, add_node):
+    add_node("h100-node", gpus=8, gpu_type="H100")
+    document = sized(disaggregation="auto")
+    document["spec"]["policies"] = {"scheduler": "distserve"}
+    create(CLUSTER, document)
+    owners.reconcile("Deployment", "chat")
+    plan = store.get("Deployment", "chat").status["plan"]
+
+    section = plan_section(op.get(detail("chat")).content.decode())
+    assert 'data-policy="distserve"' in section and 'data-served="plan-only"' in section
+    assert "RuntimeUnsupported" in section and "Nothing is placed." in section
+    assert escape(plan["reason"][1:]) in section  # its first letter capitalised
+    for role in ("prefill", "decode"):
+        row = re.search(rf'<tr data-role="{role}">.*?</tr>', section, re.S).group(0)
+        assert plan["roles"][role]["gpuType"] in row
+        assert f'<td class="num">{plan["roles"][role]["instances"]}</td>' in row
+    assert f'total-gpus">{plan["gpus"]}<' in section
+    assert "Goodput per GPU" in section
+    assert 'id="plan-types"' not in section
+
+
+def test_an_old_plan_with_fields_missing_still_reads(op, add_node):
+    add_node("gpu-a", gpus=4)
+    create(deployment("chat-small", replicas=1, slo={"ttftMs": 250}))
+    owner = serve("chat-small")
+    store.update_status(owner, {**owner.status, "plan": {"policy": "melange", "replicas": {"H100": 2}}})
+
+    html = op.get(detail("chat-small")).content.decode()
+    section = plan_section(html)
+    assert "All traffic served" in section and "for generation" not in section
+    assert 'replicas-planned">2<' in section and 'total-gpus">2<' in section
+    assert figure(section, "cost") == "not in this plan"
+    assert figure(section, "ttft-p90") == "— target ≤ 250 ms"
+    assert figure(section, "tpot-p90") == "— no target"
+    assert figure(section, "attainment").startswith("—")
+    assert "Some figures are estimates" not in section and "plan-notes" not in section
+    assert section in op.get(detail("chat-small", "live")).content.decode()  # polled with the status
+
+
+def test_the_plan_is_escaped_and_a_stale_one_says_so(op, add_node):
+    add_node("gpu-a", gpus=4)
+    create(deployment("chat-small", replicas=1))
+    owner = serve("chat-small")
+    hostile = {
+        "policy": "<b>melange</b>",
+        "replicas": {"<i>H100</i>": 1},
+        "gpusPerReplica": 2,
+        "costPerHour": 4.5,
+        "predicted": {"ttftP90Ms": None, "sloAttainment": 0.5},
+        "shortfall": "serves 1 of 2 req/s; <script>alert(1)</script>",
+        "notes": ["<i>H100</i>: estimated <profile>"],
+        "generation": 0,
+    }
+    store.update_status(owner, {**owner.status, "plan": hostile})
+
+    section = plan_section(op.get(detail("chat-small")).content.decode())
+    assert "<script>" not in section and "<b>melange" not in section and "<i>H100" not in section
+    assert escape("<script>alert(1)</script>") in section and escape("<i>H100</i>") in section
+    assert "made for generation 0; the spec is now at generation 1" in section
+    assert figure(section, "ttft-p90") == "unbounded no target"  # rejected requests: no finite P90
+    assert '<span class="badge bad">50.0%</span>' in section
+    assert "GPUs (2 a replica)" in section and 'total-gpus">2<' in section
 
 
 # --- scale ---------------------------------------------------------------------------------
