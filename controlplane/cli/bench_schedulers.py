@@ -11,25 +11,52 @@ workload it reports:
   who sized by rule of thumb and let best-fit choose the GPUs), and of ``melange``;
 - goodput per GPU of the best colocated replica against the ``distserve`` plan.
 
+With ``--trace`` a BurstGPT CSV is a fourth workload: the schedulers size for its mean
+rate and length histogram exactly as for the synthetic ones, and then every allocation is
+also replayed on the trace's own arrival times and lengths, and on the same requests arriving
+as a Poisson stream: the planners predict on Poisson arrivals, and the two replays separate
+what the bursts cost from what the planners' model of the traffic misses.
+
 No database and no server: the schedulers are called as plugins on a FleetView.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
+import os
 import random
+import statistics
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
+from scipy.optimize import linprog
 
 from plugins.binpack import Binpack, BinpackParams
 from plugins.distserve import DistServe, DistServeParams, colocated_goodput
 from plugins.melange import Melange, MelangeParams
 from plugins.mixsolver import GpuOption, MixProblem, solve
-from plugins.planning import PlanProblem, colocated_plan, demand_of, profile_for
-from plugins.sim import DEFAULT_BUCKETS, HARDWARE, SHAPES, mixed_80_20, short_chat, summarisation
+from plugins.planning import Demand, PlanProblem, bucket_rate, colocated_plan, demand_of, profile_for
+from plugins.sim import (
+    DEFAULT_BUCKETS,
+    HARDWARE,
+    SHAPES,
+    GpuProfile,
+    Request,
+    RequestResult,
+    SimResult,
+    load_burstgpt,
+    mixed_80_20,
+    short_chat,
+    simulate,
+    summarisation,
+)
+from plugins.sim.workload import BURSTGPT_COLUMNS
 from plugins.types import FleetView, Gpu, NodeView, PlacementRequest
 
 LLAMA_8B = SHAPES["llama-3-8b"].to_config()
@@ -40,6 +67,10 @@ WORKLOADS = [
     ("summarisation", summarisation, 20.0, 5000.0, 100.0),
     ("80/20 mix", mixed_80_20, 50.0, 3000.0, 100.0),
 ]
+# A replayed trace mixes short chat turns with long prompts, as the 80/20 mix does: its SLO.
+TRACE_SLO = (3000.0, 100.0)
+WORKLOAD_KEYS = {"chat": "short chat", "summarisation": "summarisation", "mix": "80/20 mix", "trace": "trace"}
+SAMPLE_TRACE = "examples/traces/burstgpt-sample.csv"
 # The papers' headline ranges, printed beside what this run measured.
 MELANGE_PAPER = "Mélange: 9-77% lower cost than the best single GPU type at the same SLO"
 DISTSERVE_PAPER = "DistServe: up to 4.48x more requests (goodput) within the SLO"
@@ -50,7 +81,21 @@ def add_parser(benches: Any) -> None:
     parser.add_argument("--gpu-types", default=DEFAULT_TYPES, help="comma-separated GPU types")
     parser.add_argument("--gpus-per-type", type=int, default=64, help="free GPUs of each type in the fleet")
     parser.add_argument("--rate-scale", type=float, default=1.0, help="multiply every workload's rate")
-    parser.add_argument("--workloads", help="comma-separated subset: chat,summarisation,mix")
+    parser.add_argument("--workloads", help="comma-separated subset: chat,summarisation,mix,trace")
+    parser.add_argument(
+        "--trace",
+        metavar="FILE.csv",
+        help=f"also replay a BurstGPT CSV (e.g. {SAMPLE_TRACE}); --rate-scale does not apply to it",
+    )
+    parser.add_argument(
+        "--time-scale",
+        type=float,
+        default=1.0,
+        help="multiply the trace's timestamps (0.5 replays it twice as fast)",
+    )
+    parser.add_argument(
+        "--trace-model", metavar="NAME", help="keep only the trace's rows of this Model (e.g. GPT-4)"
+    )
     parser.add_argument("--no-distserve", action="store_true", help="skip the (slower) disaggregation search")
     parser.add_argument("--json", dest="json_path", help="also write the JSON result here")
     parser.set_defaults(handler=run)
@@ -98,8 +143,19 @@ def row(policy: str, plan_dict: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def bench_workload(name, generator, rate, ttft, tpot, types, per_type, with_distserve) -> dict[str, Any]:
-    requests = generator(rate, 120.0, seed=1)
+def bench_workload(
+    name: str,
+    requests: list[Request],
+    rate: float,
+    ttft: float,
+    tpot: float,
+    types: list[str],
+    per_type: int,
+    with_distserve: bool,
+    replay_requests: bool = False,
+) -> dict[str, Any]:
+    """Size every policy for ``requests``' histogram at ``rate``; with ``replay_requests`` also
+    serve those very requests (their own arrival times) on each allocation."""
     spec = spec_for(requests, rate, ttft, tpot)
     fleet = fleet_of(types, per_type)
     started = time.perf_counter()
@@ -122,6 +178,13 @@ def bench_workload(name, generator, rate, ttft, tpot, types, per_type, with_dist
         rows.append(row("binpack", plan.to_dict()))
     melange = Melange().plan(request=request_for(spec), fleet=fleet, params=MelangeParams()).to_dict()
     rows.append(row("melange", melange))
+    if replay_requests:
+        demand = demand_of(spec)
+        smoothed = with_poisson_arrivals(requests)
+        for r in rows:
+            if r["replicas"]:
+                r["replayPoisson"] = replay(smoothed, r["replicas"], demand, fleet)
+                r["replay"] = replay(requests, r["replicas"], demand, fleet)
     result: dict[str, Any] = {
         "workload": name,
         "requestsPerSecond": rate,
@@ -139,6 +202,189 @@ def bench_workload(name, generator, rate, ttft, tpot, types, per_type, with_dist
         result["goodput"] = goodput_comparison(requests, rate, ttft, tpot, types, per_type)
     result["seconds"] = round(time.perf_counter() - started, 2)
     return result
+
+
+class TraceError(ValueError):
+    """A trace flag that cannot be used; the message names the flag and what to do."""
+
+
+@dataclass
+class Trace:
+    """A BurstGPT trace to replay: its requests (arrivals from 0, sorted) and where they came from."""
+
+    path: str
+    requests: list[Request]
+    time_scale: float = 1.0
+    model: str | None = None
+
+    @property
+    def name(self) -> str:
+        return f"trace {os.path.basename(self.path)}"
+
+    @property
+    def duration_s(self) -> float:
+        return self.requests[-1].arrival_s
+
+    @property
+    def rate(self) -> float:
+        """Requests over duration: the mean rate the planners size for."""
+        return len(self.requests) / self.duration_s
+
+    @property
+    def cv(self) -> float:
+        """Coefficient of variation of the inter-arrival gaps: 1 for Poisson, more for bursts."""
+        gaps = [b.arrival_s - a.arrival_s for a, b in zip(self.requests, self.requests[1:], strict=False)]
+        return statistics.pstdev(gaps) / statistics.fmean(gaps)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "file": os.path.basename(self.path),
+            "path": self.path,
+            "model": self.model,
+            "timeScale": self.time_scale,
+            "requests": len(self.requests),
+            "durationS": round(self.duration_s, 3),
+            "requestsPerSecond": round(self.rate, 4),
+            "interArrivalCv": round(self.cv, 3),
+        }
+
+
+def load_trace(path: str, time_scale: float = 1.0, model: str | None = None) -> Trace:
+    """The ``--trace`` file as a Trace; TraceError says which flag to change and how."""
+    header = ",".join((*BURSTGPT_COLUMNS, "Total tokens", "Log Type"))
+    if not time_scale > 0 or not math.isfinite(time_scale):
+        raise TraceError(
+            f"--time-scale must be a positive number (0.5 replays twice as fast), got {time_scale:g}"
+        )
+    if not os.path.isfile(path):
+        raise TraceError(f"--trace {path}: no such file; give a BurstGPT CSV, e.g. --trace {SAMPLE_TRACE}")
+    try:
+        requests = load_burstgpt(path, time_scale=time_scale, model=model)
+    except UnicodeDecodeError:
+        raise TraceError(f"--trace {path}: not UTF-8 text; --trace takes a BurstGPT CSV ({header})") from None
+    except (OSError, ValueError) as exc:
+        raise TraceError(f"--trace {exc}; --trace takes a BurstGPT CSV ({header})") from None
+    if not requests:
+        raise TraceError(f"--trace {path}: no usable rows: {_why_empty(path, model)}")
+    if requests[-1].arrival_s <= 0:
+        raise TraceError(
+            f"--trace {path}: {len(requests)} usable request(s), all at one timestamp; "
+            "a rate needs at least two requests at different times"
+        )
+    return Trace(path, requests, time_scale, model)
+
+
+def _why_empty(path: str, model: str | None) -> str:
+    """Why a trace that loaded has no requests, for its error message."""
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        reader.fieldnames = [name.strip() for name in reader.fieldnames or []]
+        rows = [(row.get("Model") or "").strip() for row in reader]
+    if not rows:
+        return "the file has a header and no rows"
+    if model is not None and model not in rows:
+        found = ", ".join(sorted(set(rows)))
+        return f"no row has Model {model!r} (the file has {found}); fix --trace-model or leave it out"
+    which = f"{model} rows" if model is not None else "rows"
+    return f"all {which} have 0 response tokens, BurstGPT's failed requests, which are dropped"
+
+
+def deal(
+    requests: list[Request], routing: dict[str, list[float]], demand: Demand
+) -> dict[str | None, list[Request]]:
+    """Each request to a GPU type by its bucket's routing shares, deterministically: within a
+    bucket, to the type furthest behind its share. ``None`` collects what no type takes."""
+    streams: dict[str | None, list[Request]] = {t: [] for t in routing}
+    streams[None] = []
+    owed: dict[int, dict[str | None, float]] = {}
+    for r in requests:
+        bucket = demand.buckets.index(r.input_tokens, r.output_tokens)
+        shares: dict[str | None, float] = {t: s[bucket] for t, s in routing.items()}
+        shares[None] = max(0.0, 1.0 - sum(shares.values()))
+        credit = owed.setdefault(bucket, dict.fromkeys(shares, 0.0))
+        for t, share in shares.items():
+            credit[t] += share
+        pick = max(credit, key=lambda t: credit[t])
+        credit[pick] -= 1.0
+        streams[pick].append(r)
+    return streams
+
+
+def replay(
+    requests: list[Request], replicas: dict[str, int], demand: Demand, fleet: FleetView
+) -> dict[str, Any]:
+    """Serve the trace's own requests on ``replicas`` (type → count): each request to a type by
+    :func:`balanced_routing`, each type's replicas behind a least-loaded dispatcher.
+    Requests for a type without a profile count as misses."""
+    profiles = {t: p for t, n in replicas.items() if n > 0 and (p := profile_for(t, demand, fleet))}
+    routing = balanced_routing({t: replicas[t] for t in profiles}, profiles, demand)
+    results: list[RequestResult] = []
+    for gpu_type, stream in deal(requests, routing, demand).items():
+        if gpu_type is None:
+            results += [
+                RequestResult(r.id, r.arrival_s, math.inf, math.inf, math.inf, 0, True) for r in stream
+            ]
+        elif stream:
+            results += simulate(stream, profiles[gpu_type], instances=replicas[gpu_type]).requests
+    outcome = SimResult(results, requests[-1].arrival_s if requests else 0.0, sum(replicas.values()))
+    summary = outcome.summary()
+    ttft, tpot = summary["ttftMs"]["p90"], summary["tpotMs"]["p90"]
+    return {
+        "sloAttainment": round(outcome.attainment(demand.slo.ttft_ms, demand.slo.tpot_ms), 4),
+        "ttftP90Ms": round(ttft, 2) if ttft is not None else None,
+        "tpotP90Ms": round(tpot, 3) if tpot is not None else None,
+        "requests": len(results),
+    }
+
+
+def balanced_routing(
+    replicas: dict[str, int], profiles: dict[str, GpuProfile], demand: Demand
+) -> dict[str, list[float]]:
+    """Each type's share of every bucket: the split that keeps the busiest type least busy
+    (a small LP on each type's per-bucket capacity at the SLO, as Mélange measures it).
+
+    The same router for every allocation, so that replays compare GPUs rather than routers
+    (a plan does not carry the routing it was predicted with). A bucket no type serves at
+    the SLO still has to go somewhere: it is split by replica count.
+    """
+    types = sorted(replicas)
+    buckets = [b for b, f in enumerate(demand.fractions) if f > 0]
+    routing = {t: [0.0] * len(demand.fractions) for t in types}
+    pairs = [
+        (t, b, rate) for t in types for b in buckets if (rate := bucket_rate(profiles[t], demand, b)) > 0
+    ]
+    served = sorted({b for _, b, _ in pairs})
+    for b in set(buckets) - set(served):
+        for t in types:
+            routing[t][b] = replicas[t] / sum(replicas.values())
+    if not pairs:
+        return routing
+    # Variables: one share per (type, bucket) pair, then the busiest type's utilisation.
+    busy = np.zeros((len(types), len(pairs) + 1))
+    whole = np.zeros((len(served), len(pairs) + 1))
+    for j, (t, b, rate) in enumerate(pairs):
+        busy[types.index(t), j] = demand.rate * demand.fractions[b] / (replicas[t] * rate)
+        whole[served.index(b), j] = 1.0
+    busy[:, -1] = -1.0
+    objective = np.zeros(len(pairs) + 1)
+    objective[-1] = 1.0
+    lp = linprog(
+        objective, A_ub=busy, b_ub=np.zeros(len(types)), A_eq=whole, b_eq=np.ones(len(served)), method="highs"
+    )
+    for j, (t, b, _) in enumerate(pairs):
+        routing[t][b] = float(lp.x[j])
+    return routing
+
+
+def with_poisson_arrivals(requests: list[Request], seed: int = 1) -> list[Request]:
+    """The same requests in the same order, arriving as a Poisson stream at their mean rate:
+    replayed beside the trace, it separates what the bursts cost from what the lengths do."""
+    rate = len(requests) / requests[-1].arrival_s
+    rng, at, out = random.Random(seed), 0.0, []
+    for r in requests:
+        out.append(Request(r.id, at, r.input_tokens, r.output_tokens))
+        at += rng.expovariate(rate)
+    return out
 
 
 def goodput_comparison(requests, rate, ttft, tpot, types, per_type) -> dict[str, Any]:
@@ -205,25 +451,36 @@ def run(args: argparse.Namespace) -> int:
     if unknown:
         print(f"error: unknown GPU types {unknown}; known: {', '.join(HARDWARE)}", file=sys.stderr)
         return 2
-    keys = {"chat": "short chat", "summarisation": "summarisation", "mix": "80/20 mix"}
+    keys = WORKLOAD_KEYS
     wanted = {keys.get(w.strip(), w.strip()) for w in args.workloads.split(",")} if args.workloads else None
+    try:
+        trace = trace_of(args, wanted)
+    except TraceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     results = []
     for name, generator, rate, ttft, tpot in WORKLOADS:
         if wanted and name not in wanted:
             continue
         print(f"[{name}] planning ...", file=sys.stderr)
+        rate *= args.rate_scale
+        requests = generator(rate, 120.0, seed=1)
         results.append(
-            bench_workload(
-                name,
-                generator,
-                rate * args.rate_scale,
-                ttft,
-                tpot,
-                types,
-                args.gpus_per_type,
-                not args.no_distserve,
-            )
+            bench_workload(name, requests, rate, ttft, tpot, types, args.gpus_per_type, not args.no_distserve)
         )
+    if trace is not None:
+        print(f"[{trace.name}] planning and replaying {len(trace.requests)} requests ...", file=sys.stderr)
+        result = bench_workload(
+            trace.name,
+            trace.requests,
+            trace.rate,
+            *TRACE_SLO,
+            types,
+            args.gpus_per_type,
+            not args.no_distserve,
+            replay_requests=True,
+        )
+        results.append({**result, "trace": trace.describe()})
     timing = solve_timing()
     document = {"model": "llama-3-8b (estimated profiles)", "workloads": results, "melangeSolve": timing}
     print(render(document))
@@ -234,20 +491,46 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def trace_of(args: argparse.Namespace, wanted: set[str] | None) -> Trace | None:
+    """The ``--trace`` workload, None without one; TraceError for flags that do not go together."""
+    if args.trace is None:
+        if args.time_scale != 1.0 or args.trace_model is not None:
+            raise TraceError("--time-scale and --trace-model apply to a trace: add --trace FILE.csv")
+        if wanted and "trace" in wanted:
+            raise TraceError(
+                f"--workloads trace needs a trace to replay: add --trace FILE.csv (e.g. {SAMPLE_TRACE})"
+            )
+        return None
+    return load_trace(args.trace, args.time_scale, args.trace_model)
+
+
 def render(document: dict[str, Any]) -> str:
     lines = []
     for result in document["workloads"]:
         slo = result["slo"]
-        lines.append(
-            f"\n{result['workload']}: {result['requestsPerSecond']:g} req/s, "
-            f"SLO TTFT {slo['ttftMs']:g} ms / TPOT {slo['tpotMs']:g} ms (P90 attainment >= 90%)"
-        )
-        lines.append(f"  {'POLICY':<18} {'GPUS':<34} {'COST/H':>9} {'SLO MET':>8}  NOTE")
+        slo_text = f"SLO TTFT {slo['ttftMs']:g} ms / TPOT {slo['tpotMs']:g} ms (P90 attainment >= 90%)"
+        trace = result.get("trace")
+        if trace:
+            lines.append(f"\n{result['workload']}: {trace_label(trace)}, {slo_text}")
+        else:
+            lines.append(f"\n{result['workload']}: {result['requestsPerSecond']:g} req/s, {slo_text}")
+        replayed = trace is not None
+        extra = f" {'POISSON':>8} {'REPLAY':>8}" if replayed else ""
+        lines.append(f"  {'POLICY':<18} {'GPUS':<34} {'COST/H':>9} {'SLO MET':>8}{extra}  NOTE")
         for r in result["rows"]:
             gpus = ", ".join(f"{n}x{t}" for t, n in sorted(r["replicas"].items())) or "-"
             cost = f"${r['costPerHour']:.2f}" if r["costPerHour"] is not None else "-"
-            met = f"{r['sloAttainment'] * 100:.1f}%" if r["sloAttainment"] is not None else "-"
-            lines.append(f"  {r['policy']:<18} {gpus:<34} {cost:>9} {met:>8}  {r['note'][:70]}")
+            met = percent(r["sloAttainment"])
+            extra = "".join(
+                f" {percent((r.get(key) or {}).get('sloAttainment')):>8}"
+                for key in (("replayPoisson", "replay") if replayed else ())
+            )
+            lines.append(f"  {r['policy']:<18} {gpus:<34} {cost:>9} {met:>8}{extra}  {r['note'][:70]}")
+        if replayed:
+            lines.append(
+                "  SLO MET: the planners' prediction; POISSON: the trace's lengths arriving as a Poisson "
+                "stream at its mean rate; REPLAY: the trace's own arrivals and lengths"
+            )
         if result["melangeSavingsVsBestSingle"] is not None:
             per_type = ", ".join(f"{t} {s * 100:.0f}%" for t, s in result["melangeSavingsVsSingle"].items())
             lines.append(
@@ -273,3 +556,19 @@ def render(document: dict[str, Any]) -> str:
     )
     lines.append(f"papers: {MELANGE_PAPER}; {DISTSERVE_PAPER}")
     return "\n".join(lines)
+
+
+def percent(share: float | None) -> str:
+    return f"{share * 100:.1f}%" if share is not None else "-"
+
+
+def trace_label(trace: dict[str, Any]) -> str:
+    """What the trace group is: its size, length, mean rate and burstiness."""
+    scope = [f"Model {trace['model']}"] if trace.get("model") else []
+    if trace.get("timeScale", 1.0) != 1.0:
+        scope.append(f"time x{trace['timeScale']:g}")
+    return (
+        f"{trace['requests']} requests{' (' + ', '.join(scope) + ')' if scope else ''} over "
+        f"{trace['durationS']:.1f} s = {trace['requestsPerSecond']:.2f} req/s mean, "
+        f"inter-arrival CV {trace['interArrivalCv']:.2f} (Poisson: 1)"
+    )
