@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from controlplane import fleet
+from controlplane import fleet, store
 from controlplane.controllers.owners import placement_request, scheduler_for
 from controlplane.policies import PolicyProblem, resolve
 from controlplane.specs import DeploymentSpec
@@ -27,15 +27,17 @@ class _Owner:
 
     kind = "Deployment"
 
-    def __init__(self, name: str, spec: dict[str, Any]):
+    def __init__(self, name: str, spec: dict[str, Any], observed: dict[str, Any] | None = None):
         self.name = name
         self.spec = spec
+        self.observed = observed  # the stored Deployment's status.observedWorkload, if any
 
 
 def preview(name: str, spec_document: dict[str, Any]) -> dict[str, Any]:
     """Every candidate's plan for the Deployment ``name`` with ``spec_document``."""
     spec = DeploymentSpec.model_validate(spec_document)
-    owner = _Owner(name, spec_document)
+    stored = store.find("Deployment", name)
+    owner = _Owner(name, spec_document, stored.status.get("observedWorkload") if stored else None)
     view = fleet.snapshot()
     # The Deployment's own GPUs count as free: the preview sizes it from scratch.
     for node in view.nodes:
@@ -64,6 +66,7 @@ def _plan_one(policy: str, owner: _Owner, spec: DeploymentSpec, view: FleetView)
         return {"policy": policy, "problem": str(exc)}
     own = copy.deepcopy(view)
     request = placement_request(owner, spec, spec.replicas)
+    request.observed = owner.observed
     try:
         if hasattr(scheduler, "plan") and (spec.workload.requestsPerSecond or spec.disaggregation == "auto"):
             plan = scheduler.plan(request=request, fleet=own, params=params)

@@ -183,6 +183,9 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = FLOTILLA_MAX_BODY_BYTES
 FLOTILLA_NODE_TIMEOUT = envfloat("FLOTILLA_NODE_TIMEOUT", 40.0, minimum=1.0)
 FLOTILLA_RESYNC_SECONDS = envfloat("FLOTILLA_RESYNC_SECONDS", 60.0, minimum=0.5)
 FLOTILLA_RECONCILE_LOCK_SECONDS = envfloat("FLOTILLA_RECONCILE_LOCK_SECONDS", 30.0, minimum=1.0)
+# Finished requests a Deployment's measured length histogram needs behind it before it is
+# published in status.observedWorkload (see controlplane.observed_traffic).
+FLOTILLA_OBSERVED_MIN_REQUESTS = envint("FLOTILLA_OBSERVED_MIN_REQUESTS", 200, minimum=1)
 # How long a web process trusts a token it has verified (seconds; 0 checks every request).
 FLOTILLA_TOKEN_CACHE_SECONDS = envfloat("FLOTILLA_TOKEN_CACHE_SECONDS", 60.0, minimum=0.0)
 FLOTILLA_WATCH_RETENTION = envint("FLOTILLA_WATCH_RETENTION", 100_000, minimum=100)
@@ -230,6 +233,8 @@ CELERY_BEAT_SCHEDULE = {
         "task": "controlplane.tasks.check_nodes",
         "schedule": min(10.0, FLOTILLA_NODE_TIMEOUT / 4),
     },
+    # Each serving Deployment's request rate and lengths, measured from its telemetry.
+    "observe-traffic": {"task": "controlplane.tasks.observe_traffic", "schedule": 60.0},
 }
 
 LOGGING = {

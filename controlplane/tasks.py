@@ -1,4 +1,4 @@
-"""Celery tasks: reconcile one object, resync everything, check node heartbeats.
+"""Celery tasks: reconcile one object, resync everything, check node heartbeats, measure traffic.
 
 Tasks are idempotent and level-triggered, acknowledged late (a task whose
 worker dies is redelivered) and retried with jittered backoff.
@@ -11,11 +11,13 @@ import random
 
 from django.db import DatabaseError
 
+from controlplane import leases
 from controlplane import reconcile as runner
 from controlplane.celeryapp import app
 from controlplane.errors import TemporaryError
 
 log = logging.getLogger(__name__)
+OBSERVE_LEASE = "observed-traffic"
 
 
 def jitter(delay: float) -> float:
@@ -47,3 +49,18 @@ def check_nodes() -> int:
     from controlplane.controllers import nodes
 
     return nodes.check_heartbeats()
+
+
+@app.task
+def observe_traffic() -> dict[str, int]:
+    """Measure each serving Deployment's rate and lengths from telemetry (status.observedWorkload).
+
+    A lease keeps two workers from measuring at once; a run that finds it held skips,
+    and the next one catches up.
+    """
+    from controlplane import observed_traffic
+
+    with leases.held(OBSERVE_LEASE, 300.0) as mine:
+        if not mine:
+            return {"skipped": 1}
+        return observed_traffic.observe_all()

@@ -31,14 +31,16 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from plugins.binpack import Binpack, BinpackParams
 from plugins.hookspecs import hookimpl
 from plugins.planning import Demand, PlanProblem, demand_of, free_gpus_per_node, price_of, profile_for
-from plugins.sim import GpuProfile, Slo, goodput, simulate, simulate_disaggregated
+from plugins.sim import GpuProfile, Slo, goodput, judged_length, simulate, simulate_disaggregated, steady
 from plugins.types import FleetView, PlacementRequest, PlacementResult, SchedulePlan
 
 RUNTIME_UNSUPPORTED = (
     "the serving runtime cannot yet hand KV caches from prefill to decode Workloads; "
     "set disaggregation: off to run colocated replicas"
 )
-REQUESTS_PER_SEARCH = 200
+# Searches judge the second half of the trace (plugins.sim.steady): long enough for the
+# batch and any queue to build up, as for melange's per-bucket rates.
+REQUESTS_PER_SEARCH = 1000
 
 
 class DistServeParams(BaseModel):
@@ -68,8 +70,11 @@ class PhaseConfig:
         return self.goodput / self.tensor_parallel
 
 
-def _requests(demand: Demand, rate: float, count: int = REQUESTS_PER_SEARCH):
-    return demand.requests(rate, count, seed=7)
+def _requests(demand: Demand, rate: float):
+    """A search's trace at ``rate``: long enough to judge (plugins.sim.judged_length), else None."""
+    mean_out = sum(f * p[1] for f, p in zip(demand.fractions, demand.points, strict=True))
+    count = judged_length(rate, demand.slo, mean_out, minimum=REQUESTS_PER_SEARCH)
+    return None if count is None else demand.requests(rate, count, seed=7)
 
 
 # (profile, traffic, SLO, phase) -> goodput of one instance; the search repeats them across plans.
@@ -143,7 +148,7 @@ class DistServe:
                 "spec.disaggregation",
                 "set disaggregation: auto, or use binpack/melange for colocated replicas",
             )
-        base = demand_of(request.spec, 1)
+        base = demand_of(request.spec, 1, request.observed)
         if base.slo.ttft_ms is None or base.slo.tpot_ms is None:
             raise PlanProblem(
                 "distserve sizes each phase by its own target and needs both",
@@ -205,7 +210,7 @@ class DistServe:
             roles=chosen["roles"],
             supported=False,
             reason=RUNTIME_UNSUPPORTED,
-            notes=[*notes, f"goodput per GPU {chosen['goodputPerGpu']:.3f} req/s"],
+            notes=[base.describe_source(), *notes, f"goodput per GPU {chosen['goodputPerGpu']:.3f} req/s"],
         )
 
     @staticmethod
@@ -229,9 +234,11 @@ class DistServe:
             gpus = sum(need.values())
             if gpus > params.maxGpus or any(n > free[t][0] for t, n in need.items()):
                 return None
-            count = min(1500, max(REQUESTS_PER_SEARCH, 40 * (n_p + n_d)))
-            result = simulate_disaggregated(
-                demand.requests(demand.rate, count, seed=11), p_profile, d_profile, n_p, n_d
+            count = min(4000, max(REQUESTS_PER_SEARCH, 250 * (n_p + n_d)))
+            result = steady(
+                simulate_disaggregated(
+                    demand.requests(demand.rate, count, seed=11), p_profile, d_profile, n_p, n_d
+                )
             )
             attainment = result.attainment(demand.slo.ttft_ms, demand.slo.tpot_ms)
             ttft_ok = result.attainment(demand.slo.ttft_ms, None) >= demand.slo.attainment

@@ -81,7 +81,7 @@ class Melange:
 
     def plan(self, *, request: PlacementRequest, fleet: FleetView, params: BaseModel) -> SchedulePlan:
         assert isinstance(params, MelangeParams)
-        demand = demand_of(request.spec, request.gpus_per_replica)
+        demand = demand_of(request.spec, request.gpus_per_replica, request.observed)
         free = free_replicas_by_type(request, fleet)
         candidates = set(request.gpu_types) if request.gpu_types else set(free)
         if not params.onlyFree:
@@ -155,7 +155,7 @@ class Melange:
             cost_per_hour=solution.cost_per_hour,
             predicted={**prediction.to_dict(), **({"powerWatts": solution.power_watts} if budget else {})},
             shortfall=solution.shortfall,
-            notes=notes,
+            notes=[demand.describe_source(), *notes],
         )
 
     def place(self, *, request: PlacementRequest, fleet: FleetView, params: BaseModel) -> PlacementResult:

@@ -31,15 +31,23 @@ from plugins.sim import (
     estimate,
     max_rate,
     simulate,
+    steady,
 )
 from plugins.types import FleetView, PlacementRequest, SchedulePlan
 
 # Simulating every replica of a large Deployment costs time for little accuracy: a
 # type's replicas behind a least-loaded dispatcher are simulated as at most this many
 # instances with their share of the traffic (slightly pessimistic: less multiplexing).
-MAX_SIMULATED_INSTANCES = 8
-REQUESTS_PER_INSTANCE = 150
-MAX_SIMULATED_REQUESTS = 1200
+MAX_SIMULATED_INSTANCES = 4
+# Per simulated instance: predictions are judged on the second half of the trace
+# (``plugins.sim.steady``), which must be long enough for a replica's batch and any
+# queue to build up -- with 150 requests, a type loaded past its capacity still looked
+# fine because its queue had no time to grow. Near capacity that takes about 1,000
+# requests; a lightly loaded replica reaches its steady state within a minute of
+# traffic, so it is simulated for that long (at least 200 requests).
+REQUESTS_PER_INSTANCE = 1000
+MIN_REQUESTS_PER_INSTANCE = 200
+SIMULATED_SECONDS = 60.0
 
 
 class PlanProblem(ValueError):
@@ -64,10 +72,24 @@ class Demand:
     # The (input, output) lengths simulated for each bucket: the declared lengths when
     # the spec gives one pair, else each bucket's representative.
     points: list[tuple[int, int]] = field(default_factory=list)
+    # Where the lengths came from: "declared" (the spec), "observed" (measured from the
+    # Deployment's live traffic: status.observedWorkload) or "default" (512 in, 128 out);
+    # and where the rate came from: "declared" or "observed".
+    source: str = "declared"
+    rate_source: str = "declared"
 
     def __post_init__(self) -> None:
         if not self.points:
             self.points = [self.buckets.representative(b) for b in range(len(self.fractions))]
+
+    def describe_source(self) -> str:
+        """One line for a plan's notes: what the plan was sized for, and where that came from."""
+        lengths = {
+            "declared": "lengths declared in spec.workload",
+            "observed": "lengths measured from live traffic (status.observedWorkload)",
+            "default": "default lengths (512 in, 128 out)",
+        }.get(self.source, self.source)
+        return f"workload: {self.rate:g} req/s {self.rate_source}; {lengths}"
 
     def requests(
         self, rate: float, count: int, seed: int = 0, weights: list[float] | None = None
@@ -84,11 +106,30 @@ class Demand:
         return out
 
 
-def demand_of(spec: dict[str, Any], gpus_per_replica: int = 1) -> Demand:
-    """The Demand a Deployment spec declares; PlanProblem names what is missing."""
+def demand_of(
+    spec: dict[str, Any], gpus_per_replica: int = 1, observed: dict[str, Any] | None = None
+) -> Demand:
+    """The Demand a Deployment spec declares; PlanProblem names what is missing.
+
+    ``observed`` is the Deployment's ``status.observedWorkload`` (measured from its live
+    traffic by ``controlplane.observed_traffic``). What the spec declares always wins;
+    the measurement fills in what it leaves out: the rate when none is declared, and the
+    length histogram when the spec declares no lengths at all (neither a histogram nor
+    inputTokens/outputTokens). Only then the default lengths, 512 in and 128 out.
+    """
     workload = spec.get("workload") or {}
     slo = spec.get("slo") or {}
-    rate = workload.get("requestsPerSecond")
+    observed = observed if isinstance(observed, dict) else {}
+    rate, rate_source = workload.get("requestsPerSecond"), "declared"
+    measured_rate = observed.get("requestsPerSecond")
+    if (
+        not rate
+        and isinstance(measured_rate, int | float)
+        and not isinstance(measured_rate, bool)
+        and math.isfinite(measured_rate)
+        and measured_rate > 0
+    ):
+        rate, rate_source = measured_rate, "observed"
     if not rate:
         raise PlanProblem(
             "no request rate to size for",
@@ -103,10 +144,25 @@ def demand_of(spec: dict[str, Any], gpus_per_replica: int = 1) -> Demand:
         )
     histogram = workload.get("histogram")
     points: list[tuple[int, int]] = []
+    buckets: Buckets | None = None
+    source = "declared"
     if histogram:
         buckets = Buckets(list(histogram["inputEdges"]), list(histogram["outputEdges"]))
         fractions = [value for row in histogram["fractions"] for value in row]
-    else:
+    elif not workload.get("inputTokens") and not workload.get("outputTokens"):
+        measured = observed.get("histogram")
+        try:
+            buckets = Buckets(list(measured["inputEdges"]), list(measured["outputEdges"]))
+            fractions = [float(value) for row in measured["fractions"] for value in row]
+            total = sum(fractions)
+            if len(fractions) != buckets.size or min(fractions) < 0 or not 0 < total < math.inf:
+                raise ValueError("not a histogram")
+            fractions = [value / total for value in fractions]
+            source = "observed"
+        except (KeyError, TypeError, ValueError):
+            # None measured yet, or a status written by hand that is not a histogram.
+            buckets, source = None, "default"
+    if buckets is None:
         input_tokens = int(workload.get("inputTokens") or 512)
         output_tokens = int(workload.get("outputTokens") or 128)
         buckets = Buckets([input_tokens], [output_tokens])
@@ -125,6 +181,8 @@ def demand_of(spec: dict[str, Any], gpus_per_replica: int = 1) -> Demand:
         shape=shape,
         tensor_parallel=gpus_per_replica,
         points=points,
+        source=source,
+        rate_source=rate_source,
     )
 
 
@@ -162,14 +220,21 @@ def free_gpus_per_node(request: PlacementRequest, fleet: FleetView) -> dict[str,
     """
     owner = f"{request.owner_kind}/{request.owner_name}"
     per_type: dict[str, list[int]] = {}
+    # Once per GPU of the fleet (10,000 at scale): the checks are inlined.
+    types = set(request.gpu_types)
+    sized = bool(request.gpu_memory_gib)
     for node in fleet.nodes:
         if not node_eligible(node, request):
             continue
-        usable: Counter[str] = Counter(
-            gpu.type
-            for gpu in node.gpus
-            if gpu.healthy and gpu.allocated_to in (None, owner) and gpu_matches(gpu, request)
-        )
+        usable: dict[str, int] = {}
+        for gpu in node.gpus:
+            if (
+                gpu.healthy
+                and (gpu.allocated_to is None or gpu.allocated_to == owner)
+                and (not types or gpu.type in types)
+                and (not sized or gpu_matches(gpu, request))
+            ):
+                usable[gpu.type] = usable.get(gpu.type, 0) + 1
         for gpu_type, count in usable.items():
             per_type.setdefault(gpu_type, []).append(count)
     return per_type
@@ -224,7 +289,8 @@ def predict(
     ``routing`` gives, per type, the share of each bucket's traffic it serves (a
     Mélange assignment); without it a request goes to a type in proportion to that
     type's capacity for the Deployment's traffic. Requests no replica can take
-    count as misses.
+    count as misses. Attainment and latencies are those of the steady state (the
+    second half of each type's trace), as for the per-bucket rates the plan used.
     """
     active = {t: n for t, n in replicas.items() if n > 0 and t in profiles}
     if not active:
@@ -246,11 +312,12 @@ def predict(
             continue
         instances = min(count, MAX_SIMULATED_INSTANCES)
         rate = demand.rate * share * instances / count
-        n = min(MAX_SIMULATED_REQUESTS, REQUESTS_PER_INSTANCE * instances)
+        per_instance = math.ceil(rate / instances * SIMULATED_SECONDS)
+        n = instances * min(REQUESTS_PER_INSTANCE, max(MIN_REQUESTS_PER_INSTANCE, per_instance))
         # Lengths drawn from this type's slice of the histogram.
         weights = [f * s for f, s in zip(demand.fractions, routing[gpu_type], strict=False)]
         stream = demand.requests(rate, n, seed=seed + index, weights=weights)
-        outcome = simulate(stream, profiles[gpu_type], instances=instances)
+        outcome = steady(simulate(stream, profiles[gpu_type], instances=instances))
         results += outcome.requests
         simulated += n
         per_type[gpu_type] = {

@@ -31,7 +31,7 @@ class Plugin(Protocol):
     Params: ClassVar[type[BaseModel]]
 
 
-@dataclass
+@dataclass(slots=True)  # a snapshot makes one per GPU of the fleet: 10,000 at scale
 class Gpu:
     index: int
     type: str
@@ -87,6 +87,9 @@ class PlacementRequest:
     cluster: str | None = None
     role: str = "serve"
     spec: dict[str, Any] = field(default_factory=dict)
+    # The owner's status.observedWorkload (its traffic measured live), for sizing schedulers
+    # to fall back on where the spec declares no rate or lengths; None when not measured.
+    observed: dict[str, Any] | None = None
 
 
 @dataclass

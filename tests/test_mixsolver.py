@@ -160,12 +160,16 @@ RANDOM_SEEDS = range(40)
 
 
 @pytest.mark.parametrize("seed", RANDOM_SEEDS)
-def test_milp_matches_brute_force_and_honours_every_limit(seed):
+@pytest.mark.parametrize("method", ["milp", "enumeration"])
+def test_exact_solvers_match_brute_force_and_honour_every_limit(seed, method):
     problem = random_problem(seed)
     most, cheapest = brute_force(problem)
-    solution = solve(problem, time_limit_s=5.0)
+    limit = 0 if method == "milp" else 10**6
+    solution = solve(problem, time_limit_s=5.0, enumeration_limit=limit)
     check_feasible(problem, solution)
-    assert solution.solver == "milp"
+    # A problem that cannot be served in full goes to the MILP's partial-mix passes.
+    served_in_full = most >= problem.requests_per_second - 1e-9
+    assert solution.solver == (method if served_in_full else "milp")
     assert solution.optimal
     assert solution.served_rps == pytest.approx(most, abs=1e-9)
     assert solution.cost_per_hour == pytest.approx(cheapest, abs=1e-9)
@@ -219,7 +223,7 @@ def two_buckets(slice_factor: int = 1) -> MixProblem:
 
 
 def test_mixing_types_is_strictly_cheaper_than_either_alone():
-    solution = solve(two_buckets())
+    solution = solve(two_buckets(), enumeration_limit=0)
     assert solution.counts == {"Small": 1, "Large": 1}
     assert solution.cost_per_hour == pytest.approx(5.0)
     assert [(a.bucket, a.slice, a.gpu, a.requests_per_second) for a in solution.assignment] == [
@@ -397,14 +401,14 @@ def test_a_failing_highs_falls_back_to_greedy(monkeypatch):
         raise RuntimeError("HiGHS crashed")
 
     monkeypatch.setattr(mixsolver, "milp", boom)
-    solution = solve(two_buckets())
+    solution = solve(two_buckets(), enumeration_limit=0)
     assert solution.solver == "greedy" and not solution.optimal
     check_feasible(two_buckets(), solution)
 
 
 def test_a_time_limit_without_a_solution_falls_back_to_greedy(monkeypatch):
     monkeypatch.setattr(mixsolver, "milp", lambda *a, **k: SimpleNamespace(x=None, status=1, fun=None))
-    solution = solve(two_buckets(slice_factor=2))
+    solution = solve(two_buckets(slice_factor=2), enumeration_limit=0)
     assert solution.solver == "greedy" and not solution.optimal
     check_feasible(two_buckets(slice_factor=2), solution)
 
@@ -419,7 +423,7 @@ def test_a_time_limit_with_a_solution_keeps_it_but_does_not_claim_optimality(mon
         return SimpleNamespace(x=result.x, status=1, fun=result.fun)
 
     monkeypatch.setattr(mixsolver, "milp", stopped_early)
-    solution = solve(two_buckets(), time_limit_s=2.0)
+    solution = solve(two_buckets(), time_limit_s=2.0, enumeration_limit=0)
     assert solution.solver == "milp" and not solution.optimal
     assert solution.cost_per_hour == pytest.approx(5.0)
     assert 0 < limits[0] <= 2.0 * (1 - mixsolver.RESERVE_SHARE)

@@ -72,6 +72,12 @@ def add_bench_parser(sub: Any) -> None:
         "--scheduler",
         help="scheduler policy for every deployment; melange/distserve also get a declared workload and SLO",
     )
+    apply.add_argument(
+        "--worker-concurrency",
+        type=int,
+        default=2,
+        help="Celery worker processes reconciling (default 2, as `flotilla up` starts)",
+    )
     add_backend_args(apply)
     apply.set_defaults(handler=run_apply_bench)
 
@@ -110,9 +116,10 @@ def deployment_doc(index: int, gpu_types: list[str] | None = None, scheduler: st
         from plugins.sim import SHAPES
 
         spec["model"]["config"] = SHAPES["llama-3-8b"].to_config()
-        # Rates differ per deployment so the solver sees varied problems, not one cached answer.
+        # A different rate for every deployment (1-5 req/s): each is a problem of its own
+        # for the solver and the simulator, as in a real fleet, not one cached answer.
         spec["workload"] = {
-            "requestsPerSecond": 1.0 + (index % 7) * 0.5,
+            "requestsPerSecond": round(1.0 + (index % 1000) * 0.004, 3),
             "inputTokens": 512,
             "outputTokens": 128,
         }
@@ -183,7 +190,12 @@ def watch_scheduled(client: Client, since: str, want: int, deadline: float, seen
 def bench_backend(label: str, env: dict[str, str], args: argparse.Namespace) -> dict[str, Any]:
     nodes = args.nodes or -(-args.deployments // args.gpus_per_node)
     with tempfile.TemporaryDirectory(prefix=f"flotilla-bench-{label}-") as home:
-        stack = Stack(home=Path(home), port=free_port(), env={**env, "FLOTILLA_LOAD_ENTRYPOINTS": "false"})
+        stack = Stack(
+            home=Path(home),
+            port=free_port(),
+            env={**env, "FLOTILLA_LOAD_ENTRYPOINTS": "false"},
+            worker_concurrency=args.worker_concurrency,
+        )
         print(f"[{label}] starting web server, worker and beat ...", file=sys.stderr)
         stack.start()
         try:
@@ -238,6 +250,7 @@ def bench_backend(label: str, env: dict[str, str], args: argparse.Namespace) -> 
                 "backend": label,
                 "scheduler": args.scheduler or "binpack",
                 "gpuTypes": gpu_types,
+                "workerConcurrency": args.worker_concurrency,
                 "deployments": args.deployments,
                 "nodes": nodes,
                 "gpus": nodes * args.gpus_per_node,

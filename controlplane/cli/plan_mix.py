@@ -108,7 +108,7 @@ def _table(problem: MixProblem, solution: MixSolution) -> str:
     if solution.solver == "greedy":
         verdict = "greedy fallback: an upper bound, not proven optimal"
     elif solution.optimal:
-        verdict = "milp, proven optimal"
+        verdict = f"{solution.solver}, proven optimal"
     else:
         verdict = "milp, best mix found within the time limit, not proven optimal"
     lines.append(f"solver: {verdict}")

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import copy
 import logging
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 from django.db import transaction
 from pydantic import BaseModel, ValidationError
@@ -21,7 +22,7 @@ from controlplane.models import Event, Resource
 from controlplane.policies import PolicyProblem, resolve
 from controlplane.specs import KINDS, WORKLOAD_FINALIZER, DeploymentSpec, TrainingJobSpec
 from plugins.planning import PlanProblem
-from plugins.types import PlacementRequest, SchedulePlan
+from plugins.types import FleetView, PlacementRequest, SchedulePlan
 
 log = logging.getLogger(__name__)
 SOURCE = "owner-controller"
@@ -66,9 +67,16 @@ def owned_workloads(owner: Resource) -> list[Resource]:
     return sorted(Resource.objects.filter(kind="Workload", owner_uid=str(owner.uid)), key=replica_index)
 
 
-# (owner resourceVersion, scheduler name, plan, plan problem): a sizing plan made before
-# the writers' lock was taken, valid while the owner is unchanged.
-Planned = tuple[int, str, SchedulePlan | None, str | None]
+class Planned(NamedTuple):
+    """A sizing plan made before the writers' lock was taken, valid while the owner
+    (its resourceVersion) and its scheduler are unchanged."""
+
+    resource_version: int
+    scheduler: str
+    plan: SchedulePlan | None
+    problem: str | None
+    # The snapshot the plan was made on, refreshed for placement (fleet.refresh).
+    view: tuple[FleetView, fleet.Basis] | None = None
 
 
 def reconcile(kind: str, name: str) -> None:
@@ -106,8 +114,14 @@ def _plan_ahead(kind: str, name: str) -> Planned | None:
     choice = scheduler_for(spec)
     if isinstance(choice, str):
         return None
-    plan, problem = _sizing_plan(owner, spec, choice, owner.status)
-    return owner.resource_version, choice[0].name, plan, problem
+    views: list[tuple[FleetView, fleet.Basis]] = []
+
+    def take_snapshot() -> FleetView:
+        views.append(fleet.reusable_snapshot())
+        return views[-1][0]
+
+    plan, problem = _sizing_plan(owner, spec, choice, owner.status, take_snapshot)
+    return Planned(owner.resource_version, choice[0].name, plan, problem, views[-1] if views else None)
 
 
 def _finalize(owner: Resource) -> None:
@@ -127,8 +141,16 @@ def _converge(owner: Resource, planned: Planned | None = None) -> None:
     if WORKLOAD_FINALIZER not in owner.finalizers:
         store.set_finalizers(owner, [*owner.finalizers, WORKLOAD_FINALIZER])
 
-    usable = fleet.ready_node_names()
+    view: FleetView | None = None
+    if planned is not None and planned.view is not None:
+        # The plan's snapshot brought up to date under the lock: its Ready nodes are
+        # current, and placement uses it unless something is deleted below.
+        view, basis = fleet.refresh(*planned.view)
+        usable = {node.name for node in view.nodes if node.ready}
+    else:
+        usable = fleet.ready_node_names()
     workloads = owned_workloads(owner)
+    deleted = False
 
     # Replicas on nodes that are gone or not ready are replaced elsewhere, except in
     # a full disruption: when no node at all is Ready, the likelier cause is our own
@@ -147,17 +169,18 @@ def _converge(owner: Resource, planned: Planned | None = None) -> None:
         )
         store.request_delete(workload)
         workloads.remove(workload)
+        deleted = True
 
     choice = scheduler_for(spec)
     if (
         planned is not None
-        and planned[0] == owner.resource_version
+        and planned.resource_version == owner.resource_version
         and not isinstance(choice, str)
-        and planned[1] == choice[0].name
+        and planned.scheduler == choice[0].name
     ):
-        plan, plan_problem = planned[2], planned[3]
+        plan, plan_problem = planned.plan, planned.problem
     else:
-        plan, plan_problem = _sizing_plan(owner, spec, choice, status)
+        plan, plan_problem, planned = *_sizing_plan(owner, spec, choice, status), None
     targets: dict[str | None, int]
     if plan is not None and not plan.supported:
         targets = {None: 0}  # shown, not run: see plugins/distserve.py
@@ -177,6 +200,7 @@ def _converge(owner: Resource, planned: Planned | None = None) -> None:
     for workload in excess:
         store.request_delete(workload)
     if excess:
+        deleted = True
         events.record(owner, "ScaledDown", f"removed {len(excess)} replicas", source=SOURCE)
     workloads = sorted(
         (w for group, kept in groups.items() for w in kept[: targets.get(group, 0)]), key=replica_index
@@ -188,7 +212,10 @@ def _converge(owner: Resource, planned: Planned | None = None) -> None:
         unschedulable = choice
     elif any(n > 0 for n in missing.values()):
         # Read after the deletes above, in the same transaction: what they freed is free.
-        view = fleet.snapshot()
+        if view is None:
+            view = fleet.snapshot()
+        elif deleted:
+            view = fleet.refresh(view, basis)[0]
         reasons = []
         for group, count in missing.items():
             if count > 0:
@@ -310,7 +337,11 @@ def placement_request(
 
 
 def _sizing_plan(
-    owner: Resource, spec: DeploymentSpec | TrainingJobSpec, choice: Any, status: dict[str, Any]
+    owner: Resource,
+    spec: DeploymentSpec | TrainingJobSpec,
+    choice: Any,
+    status: dict[str, Any],
+    take_snapshot: Callable[[], FleetView] = fleet.snapshot,
 ) -> tuple[SchedulePlan | None, str | None]:
     """Ask a sizing scheduler (melange, distserve) how many replicas of which type to run.
 
@@ -335,9 +366,9 @@ def _sizing_plan(
     ):
         return SchedulePlan.from_dict(previous), None
     try:
-        plan = scheduler.plan(
-            request=placement_request(owner, spec, 0), fleet=fleet.snapshot(), params=params
-        )
+        request = placement_request(owner, spec, 0)
+        request.observed = status.get("observedWorkload")  # traffic measured live, if any
+        plan = scheduler.plan(request=request, fleet=take_snapshot(), params=params)
     except PlanProblem as exc:
         return None, f"cannot plan with {scheduler.name}: {exc}; {exc.field}: {exc.fix}"
     return plan, None

@@ -8,7 +8,7 @@ so it imports only the standard library: no Django, no torch, no NumPy.
 from plugins.sim.hardware import HARDWARE, Hardware, get_hardware
 from plugins.sim.profiles import SHAPES, GpuProfile, ModelShape, estimate, fit
 from plugins.sim.simulator import RequestResult, SimResult, simulate, simulate_disaggregated
-from plugins.sim.slo import Slo, goodput, goodput_per_gpu, max_rate, meets
+from plugins.sim.slo import Slo, goodput, goodput_per_gpu, judged_length, max_rate, meets, steady
 from plugins.sim.workload import (
     DEFAULT_BUCKETS,
     Buckets,
@@ -41,6 +41,7 @@ __all__ = [
     "get_hardware",
     "goodput",
     "goodput_per_gpu",
+    "judged_length",
     "load_burstgpt",
     "max_rate",
     "meets",
@@ -49,5 +50,6 @@ __all__ = [
     "short_chat",
     "simulate",
     "simulate_disaggregated",
+    "steady",
     "summarisation",
 ]

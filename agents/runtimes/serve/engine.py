@@ -199,7 +199,9 @@ class Engine:
             self.running.remove(request)
         self._release(request)
         request.finish(reason)
-        self.metrics.record_finish(reason, len(request.prompt_ids), request.ttft, request.tpot)
+        self.metrics.record_finish(
+            reason, len(request.prompt_ids), request.ttft, request.tpot, len(request.output_ids)
+        )
 
     def _run(self, group: list[Request]) -> int:
         """Feed each request its uncached tokens in one padded forward, then sample one token each."""

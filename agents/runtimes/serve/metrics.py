@@ -2,6 +2,11 @@
 
 Thread-safe: the engine thread records, HTTP threads read. Histograms use fixed buckets
 for Prometheus and a bounded window of recent values for the p50/p99 in ``/stats``.
+
+Finished requests are also counted by (input length, output length) bucket, on the edges
+the sizing schedulers slice a workload by, so the control plane can add up a Deployment's
+replicas into the length histogram it measures from live traffic
+(``controlplane/observed_traffic.py``).
 """
 
 from __future__ import annotations
@@ -10,7 +15,22 @@ import threading
 import time
 from collections import deque
 
+from plugins.sim.workload import DEFAULT_BUCKETS, Buckets
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+# The grid requests are counted on: the simulator's default buckets (plugins.sim is pure
+# standard library, so the runtime can import it), which the control plane reads back.
+LENGTH_BUCKETS: Buckets = DEFAULT_BUCKETS
+# Only requests that ran to their natural end count: a cancelled, aborted or failed
+# request's output length says when it was cut off, not what the traffic asks for.
+LENGTH_COUNTED_REASONS = frozenset({"stop", "length"})
+
+
+def length_key(input_bucket: int, output_bucket: int) -> str:
+    """``lengthCounts`` key of a bucket: ``"<input index>_<output index>"`` (telemetry-safe)."""
+    return f"{input_bucket}_{output_bucket}"
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -74,6 +94,7 @@ class ServingMetrics:
         self.rate_window_s = rate_window_s
         self._token_times: deque[tuple[float, int]] = deque()
         self.started = time.monotonic()
+        self.length_counts = [0] * LENGTH_BUCKETS.size  # row-major, as Buckets.index
 
     def record_tokens(self, count: int, now: float | None = None) -> None:
         """``count`` tokens were generated in one engine step."""
@@ -83,10 +104,19 @@ class ServingMetrics:
             self._token_times.append((now, count))
             self._trim(now)
 
-    def record_finish(self, reason: str, prompt_tokens: int, ttft: float | None, tpot: float | None) -> None:
+    def record_finish(
+        self,
+        reason: str,
+        prompt_tokens: int,
+        ttft: float | None,
+        tpot: float | None,
+        output_tokens: int = 0,
+    ) -> None:
         with self._lock:
             self.requests[reason] = self.requests.get(reason, 0) + 1
             self.prompt_tokens += prompt_tokens
+            if reason in LENGTH_COUNTED_REASONS:
+                self.length_counts[LENGTH_BUCKETS.index(prompt_tokens, output_tokens)] += 1
             if ttft is not None:
                 self.ttft.observe(ttft)
             if tpot is not None:
@@ -105,8 +135,16 @@ class ServingMetrics:
         span = min(self.rate_window_s, max(now - self.started, 1e-9))
         return total / span
 
+    def _length_counts(self) -> dict[str, int]:
+        columns = len(LENGTH_BUCKETS.output_edges)
+        return {length_key(*divmod(b, columns)): n for b, n in enumerate(self.length_counts)}
+
     def snapshot(self, gauges: dict[str, int]) -> dict:
-        """Everything as JSON-ready data; ``gauges`` are the engine's live numbers."""
+        """Everything as JSON-ready data; ``gauges`` are the engine's live numbers.
+
+        ``uptimeSeconds`` lets a reader of two snapshots tell a restarted process (whose
+        counters began again at zero) from a missed reading.
+        """
         rate = self.tokens_per_second()
         with self._lock:
             return {
@@ -117,6 +155,8 @@ class ServingMetrics:
                 "tokensPerSecond": rate,
                 "ttftSeconds": self.ttft.summary(),
                 "tpotSeconds": self.tpot.summary(),
+                "lengthCounts": self._length_counts(),
+                "uptimeSeconds": time.monotonic() - self.started,
                 **gauges,
             }
 
@@ -141,6 +181,7 @@ class ServingMetrics:
                 "# TYPE flotilla_serve_tokens_per_second gauge",
                 f"flotilla_serve_tokens_per_second {rate}",
             ]
+            lines += self._length_prometheus()
             lines += self.ttft.prometheus("flotilla_serve_ttft_seconds", "Time to first token.")
             lines += self.tpot.prometheus(
                 "flotilla_serve_tpot_seconds", "Time per output token after the first."
@@ -156,3 +197,24 @@ class ServingMetrics:
             name = "flotilla_serve_" + "".join("_" + c.lower() if c.isupper() else c for c in key)
             lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name} {gauges.get(key, 0)}"]
         return "\n".join(lines) + "\n"
+
+    def _length_prometheus(self) -> list[str]:
+        """Counts by length bucket, labelled with each bucket's upper edges (``+Inf`` for the last)."""
+        name = "flotilla_serve_request_lengths_total"
+        lines = [
+            f"# HELP {name} Requests that finished (stop or length) by prompt and output length bucket.",
+            f"# TYPE {name} counter",
+        ]
+
+        def edge(edges: list[int], k: int) -> str:
+            return "+Inf" if k == len(edges) - 1 else str(edges[k])
+
+        columns = len(LENGTH_BUCKETS.output_edges)
+        for b, count in enumerate(self.length_counts):
+            i, j = divmod(b, columns)
+            labels = (
+                f'input_le="{edge(LENGTH_BUCKETS.input_edges, i)}",'
+                f'output_le="{edge(LENGTH_BUCKETS.output_edges, j)}"'
+            )
+            lines.append(f"{name}{{{labels}}} {count}")
+        return lines
