@@ -285,9 +285,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from agents.cli import add_agent_parser
     from controlplane.cli.bench import add_bench_parser
+    from controlplane.cli.profile import add_profile_parser
 
     add_agent_parser(sub)
     add_bench_parser(sub)
+    add_profile_parser(sub)
     return parser
 
 
@@ -312,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
             from controlplane.cli.up import run_up
 
             return run_up(args)
-        if args.command in ("agent", "bench"):
+        if args.command in ("agent", "bench", "profile"):
             return args.handler(args)
         if args.command == "plan" and args.what == "mix":
             from controlplane.cli import plan_mix
