@@ -351,7 +351,8 @@ def test_a_malformed_observation_is_ignored_rather_than_failing_the_plan():
     assert (demand.rate, demand.source) == (3.0, "default")
 
 
-def test_the_owner_controller_sizes_with_the_observed_histogram_and_says_so(add_node):
+def observed_chat(add_node) -> dict:
+    """A melange Deployment with a declared rate, applied, with OBSERVED in its status."""
     add_node("a100-node", gpus=4, gpu_type="A100-80GB", memory_mib=81920)
     document = deployment("chat", replicas=1, **sizing_spec(requestsPerSecond=5))
     document["spec"]["policies"] = {"scheduler": "melange"}
@@ -359,6 +360,11 @@ def test_the_owner_controller_sizes_with_the_observed_histogram_and_says_so(add_
     with transaction.atomic():
         owner = store.get("Deployment", "chat", for_update=True)
         store.update_status(owner, {"observedWorkload": OBSERVED})
+    return document
+
+
+def test_the_owner_controller_sizes_with_the_observed_histogram_and_says_so(add_node):
+    observed_chat(add_node)
     owners.reconcile("Deployment", "chat")
     plan = store.get("Deployment", "chat").status["plan"]
     assert plan["notes"][0] == (
@@ -367,13 +373,7 @@ def test_the_owner_controller_sizes_with_the_observed_histogram_and_says_so(add_
 
 
 def test_the_dry_run_plan_of_a_stored_deployment_uses_its_observation(operator, add_node):
-    add_node("a100-node", gpus=4, gpu_type="A100-80GB", memory_mib=81920)
-    document = deployment("chat", replicas=1, **sizing_spec(requestsPerSecond=5))
-    document["spec"]["policies"] = {"scheduler": "melange"}
-    apply([CLUSTER, document], actor="test")
-    with transaction.atomic():
-        owner = store.get("Deployment", "chat", for_update=True)
-        store.update_status(owner, {"observedWorkload": OBSERVED})
+    document = observed_chat(add_node)
     response = operator.apply(document, dry_run=True)
     assert response.status_code == 200, response.content
     plans = {plan["policy"]: plan for plan in response.json()["results"][0]["schedule"]["plans"]}
