@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
+import re
 from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import User
-from django.db import transaction
+from django.db import connection, transaction
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
@@ -369,6 +371,63 @@ def openapi_view(request: HttpRequest) -> JsonResponse:
 def healthz(request: HttpRequest) -> JsonResponse:
     Resource.objects.exists()
     return JsonResponse({"status": "ok"})
+
+
+# Seconds /readyz waits for the broker. Kubernetes' default probe timeout is 1 s, so a
+# readiness probe on /readyz should allow a few (the chart's timeoutSeconds).
+READY_BROKER_TIMEOUT = 2.0
+_URL_CREDENTIALS = re.compile(r"(//[^/@\s:]*):[^/@\s]*@")
+
+
+def _check_database() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+        cursor.fetchone()
+
+
+def _check_broker() -> None:
+    """Connect once to the Celery broker, or check the embedded broker's folders.
+
+    A fresh connection with a short timeout and no retries: a probe must answer
+    quickly, and a pooled connection could hide a broker that went away.
+    """
+    from controlplane.celeryapp import app
+
+    if (app.conf.broker_url or "").startswith("filesystem://"):
+        options = app.conf.broker_transport_options
+        for key in ("data_folder_in", "data_folder_out", "processed_folder", "control_folder"):
+            folder = options.get(key)
+            if folder and not (os.path.isdir(folder) and os.access(folder, os.W_OK | os.X_OK)):
+                raise OSError(f"broker folder {key} is missing or not writable")
+        return
+    timeouts = {"socket_connect_timeout": READY_BROKER_TIMEOUT, "socket_timeout": READY_BROKER_TIMEOUT}
+    with app.connection_for_write(connect_timeout=READY_BROKER_TIMEOUT, transport_options=timeouts) as conn:
+        conn.ensure_connection(max_retries=0, timeout=READY_BROKER_TIMEOUT)
+
+
+READY_CHECKS: dict[str, Callable[[], None]] = {"database": _check_database, "broker": _check_broker}
+
+
+def readyz(request: HttpRequest) -> JsonResponse:
+    """Ready when the database and the broker answer; 503 naming the check that failed.
+
+    The body names only the failing check and the exception's class: probe answers
+    are unauthenticated, so no URL, host or credential goes into them. The log line
+    has the error's message, with any ``user:password@`` in a URL masked.
+    """
+    checks: dict[str, str] = {}
+    for name, check in READY_CHECKS.items():
+        try:
+            check()
+        except Exception as exc:  # any failure at all means "not ready"
+            checks[name] = f"error: {type(exc).__name__}"
+            log.warning("readyz: %s check failed: %s", name, _URL_CREDENTIALS.sub(r"\1:***@", str(exc)))
+        else:
+            checks[name] = "ok"
+    failed = [name for name, result in checks.items() if result != "ok"]
+    if failed:
+        return JsonResponse({"status": "unavailable", "failed": failed, "checks": checks}, status=503)
+    return JsonResponse({"status": "ok", "checks": checks})
 
 
 def not_found(request: HttpRequest, path: str = "") -> JsonResponse:

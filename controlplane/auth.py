@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
+import re
 import secrets
 import threading
 import time
@@ -29,6 +31,7 @@ from controlplane.errors import Forbidden, Unauthorized
 from controlplane.models import ApiToken
 from controlplane.timeutil import now
 
+log = logging.getLogger(__name__)
 ROLE_RANK = {"viewer": 1, "agent": 1, "operator": 2, "admin": 3}
 CACHE_ENTRIES = 20_000
 
@@ -46,6 +49,46 @@ def create_token(name: str, role: str, node_name: str = "") -> tuple[str, ApiTok
         name=name, prefix=prefix, digest=_digest(token), role=role, node_name=node_name
     )
     return token, row
+
+
+TOKEN_RE = re.compile(r"^flt_([0-9a-f]{12})_([A-Za-z0-9_-]{20,128})$")
+
+
+def ensure_token(name: str, role: str, token: str) -> bool:
+    """Store a token whose value was made elsewhere (the Helm chart generates the agents'
+    bootstrap token into a Secret); True when a row was written.
+
+    Only its prefix and HMAC are kept, as for tokens made here. Idempotent: the same token
+    again changes nothing. A different token under the same name replaces it, and the old
+    one is revoked (the Secret was rotated). A token revoked through the API stays revoked:
+    running this again (every upgrade does) must not bring it back; rotate the Secret.
+    """
+    match = TOKEN_RE.match(token)
+    if match is None:
+        raise ValueError(
+            f"token {name!r} is not a Flotilla token (flt_<12 hex>_<20-128 of A-Z a-z 0-9 _ ->); "
+            "generate one with `flotilla token create` or as the Helm chart does"
+        )
+    if role not in ApiToken.ROLES:
+        raise ValueError(f"role must be one of {', '.join(ApiToken.ROLES)}")
+    prefix, digest = match.group(1), _digest(token)
+    current = ApiToken.objects.filter(prefix=prefix).first()
+    if current is not None:
+        if not hmac.compare_digest(current.digest, digest):
+            raise ValueError(f"another token already uses the prefix {prefix}; generate a new token")
+        if current.revoked:
+            log.warning("token %s (prefix %s) was revoked; it stays revoked: rotate its Secret", name, prefix)
+            return False
+        if current.role != role or current.name != name:
+            current.role, current.name = role, name
+            current.save(update_fields=["role", "name"])
+            verified.forget(prefix=prefix)
+            return True
+        return False
+    for old in ApiToken.objects.filter(name=name, revoked=False):
+        revoke(old.prefix)
+    ApiToken.objects.create(name=name, prefix=prefix, digest=digest, role=role)
+    return True
 
 
 @dataclass(frozen=True)

@@ -165,7 +165,7 @@ SECURE_COOKIES = envbool("SECURE_COOKIES", not DEBUG)
 SESSION_COOKIE_SECURE = SECURE_COOKIES
 CSRF_COOKIE_SECURE = SECURE_COOKIES
 SECURE_SSL_REDIRECT = envbool("SECURE_SSL_REDIRECT", not DEBUG)
-SECURE_REDIRECT_EXEMPT = [r"^healthz$"]  # probes speak plain HTTP inside the cluster
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]  # probes speak plain HTTP inside the cluster
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_HSTS_SECONDS = envint("SECURE_HSTS_SECONDS", 0 if DEBUG else 31536000, minimum=0)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = envbool("SECURE_HSTS_INCLUDE_SUBDOMAINS", True)
@@ -236,6 +236,18 @@ CELERY_BEAT_SCHEDULE = {
     # Each serving Deployment's request rate and lengths, measured from its telemetry.
     "observe-traffic": {"task": "controlplane.tasks.observe_traffic", "schedule": 60.0},
 }
+
+# Kubernetes node discovery (docs/kubernetes.md): off unless FLOTILLA_KUBERNETES is set.
+# FLOTILLA_KUBECONFIG names a kubeconfig; without it the pod's service account is used.
+# Beat re-lists every 5 minutes; `manage.py kube_nodes` watches for prompt updates.
+FLOTILLA_KUBERNETES = envbool("FLOTILLA_KUBERNETES", False)
+FLOTILLA_KUBECONFIG = envstr("FLOTILLA_KUBECONFIG")
+if FLOTILLA_KUBERNETES:
+    CELERY_BEAT_SCHEDULE["kube-nodes"] = {"task": "controlplane.tasks.sync_kube_nodes", "schedule": 300.0}
+
+# The agents' bootstrap token, when made outside (the Helm chart's Secret): stored as an
+# agent token after every migrate (controlplane/apps.py). Never logged.
+FLOTILLA_AGENT_BOOTSTRAP_TOKEN = envstr("FLOTILLA_AGENT_BOOTSTRAP_TOKEN")
 
 LOGGING = {
     "version": 1,

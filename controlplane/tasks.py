@@ -64,3 +64,25 @@ def observe_traffic() -> dict[str, int]:
         if not mine:
             return {"skipped": 1}
         return observed_traffic.observe_all()
+
+
+@app.task
+def sync_kube_nodes() -> dict[str, int]:
+    """Re-list Kubernetes Nodes into Flotilla Nodes (FLOTILLA_KUBERNETES; see docs/kubernetes.md).
+
+    `manage.py kube_nodes` watches for prompt updates; this periodic list catches up
+    when that process is not running. A lease keeps two workers from listing at once.
+    """
+    from django.conf import settings
+    from kubernetes import client
+
+    from controlplane.kube import nodes
+    from controlplane.kube.client import api_client
+
+    if not settings.FLOTILLA_KUBERNETES:
+        return {"skipped": 1}
+    with leases.held("kube-nodes", 300.0) as mine:
+        if not mine:
+            return {"skipped": 1}
+        _, counts = nodes.relist(client.CoreV1Api(api_client()))
+        return dict(counts)

@@ -26,5 +26,6 @@ api_v1 = [
 urlpatterns = [
     path("api/v1/", include(api_v1)),
     path("healthz", api.healthz),
+    path("readyz", api.readyz),
     path("", include("dashboard.urls")),
 ]
