@@ -45,6 +45,11 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child before e
         pass
 
 
+def runs_here(document: dict[str, Any]) -> bool:
+    """The agent runs a Workload unless its spec hands it to the Kubernetes executor."""
+    return document.get("spec", {}).get("executor", "agent") != "kubernetes"
+
+
 @dataclass
 class Managed:
     """What the supervisor knows of one Workload's process."""
@@ -100,7 +105,11 @@ class Supervisor:
     # --- desired state -----------------------------------------------------------
 
     def sync(self, desired: dict[str, dict[str, Any]]) -> None:
-        """Make the running set match the Workloads bound to this node."""
+        """Make the running set match the Workloads bound to this node.
+
+        Workloads with ``spec.executor: kubernetes`` run as Pods that the control plane
+        makes (controlplane/kube/pods.py): this agent starts nothing for them."""
+        desired = {name: doc for name, doc in desired.items() if runs_here(doc)}
         for name in list(self.workloads):
             if name not in desired:
                 self.stop(name)

@@ -244,6 +244,15 @@ FLOTILLA_KUBERNETES = envbool("FLOTILLA_KUBERNETES", False)
 FLOTILLA_KUBECONFIG = envstr("FLOTILLA_KUBECONFIG")
 if FLOTILLA_KUBERNETES:
     CELERY_BEAT_SCHEDULE["kube-nodes"] = {"task": "controlplane.tasks.sync_kube_nodes", "schedule": 300.0}
+# The Kubernetes executor (docs/kubernetes.md, "Executor"): Workloads on Clusters with
+# `executor: kubernetes` run as Pods in FLOTILLA_KUBERNETES_NAMESPACE, from the image
+# FLOTILLA_KUBERNETES_IMAGE (required once a Workload needs a Pod). Beat syncs every 30
+# seconds; `manage.py kube_pods` watches the Pods for prompt status.
+FLOTILLA_KUBERNETES_EXECUTOR = envbool("FLOTILLA_KUBERNETES_EXECUTOR", False)
+FLOTILLA_KUBERNETES_NAMESPACE = envstr("FLOTILLA_KUBERNETES_NAMESPACE") or "default"
+FLOTILLA_KUBERNETES_IMAGE = envstr("FLOTILLA_KUBERNETES_IMAGE")
+if FLOTILLA_KUBERNETES_EXECUTOR:
+    CELERY_BEAT_SCHEDULE["kube-pods"] = {"task": "controlplane.tasks.sync_kube_pods", "schedule": 30.0}
 
 # The agents' bootstrap token, when made outside (the Helm chart's Secret): stored as an
 # agent token after every migrate (controlplane/apps.py). Never logged.

@@ -310,6 +310,9 @@ class WorkloadSpec(Spec):
     gpus: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list, max_length=64)
     runtime: str = Field(default="serve", max_length=64)
     config: dict[str, Any] = Field(default_factory=dict)
+    # Who runs it, copied from the node's Cluster at placement: the node's agent as a
+    # subprocess, or the Kubernetes executor as a Pod (controlplane/kube/pods.py).
+    executor: Literal["agent", "kubernetes"] = "agent"
 
 
 class Device(BaseModel):

@@ -86,3 +86,23 @@ def sync_kube_nodes() -> dict[str, int]:
             return {"skipped": 1}
         _, counts = nodes.relist(client.CoreV1Api(api_client()))
         return dict(counts)
+
+
+@app.task
+def sync_kube_pods() -> dict[str, int]:
+    """One pass of the Kubernetes executor (FLOTILLA_KUBERNETES_EXECUTOR; docs/kubernetes.md):
+    Pods for new Workloads, statuses, deletions. `manage.py kube_pods` watches for prompt
+    status; this catches up when it is not running. A lease keeps two workers apart."""
+    from django.conf import settings
+    from kubernetes import client
+
+    from controlplane.kube import pods
+    from controlplane.kube.client import api_client
+
+    if not settings.FLOTILLA_KUBERNETES_EXECUTOR:
+        return {"skipped": 1}
+    with leases.held("kube-pods", 120.0) as mine:
+        if not mine:
+            return {"skipped": 1}
+        _, counts = pods.sync(client.CoreV1Api(api_client()))
+        return dict(counts)

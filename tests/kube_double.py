@@ -1,4 +1,4 @@
-"""A double of the Kubernetes API at the wire level, for the Node resource only.
+"""A double of the Kubernetes API at the wire level, for Nodes and (namespaced) Pods only.
 
 No kube-apiserver (nor etcd, nor kind) can run in this environment, so the tests of
 ``controlplane.kube`` point the official ``kubernetes`` client at this instead: an
@@ -24,9 +24,20 @@ as the real API server does for ``/api/v1/nodes``:
   merge and strategic-merge patches, both applied as an RFC 7386 merge patch (lists
   are replaced, which is what strategic merge does for the fields Nodes use here).
 - With ``token`` set, a request without ``Authorization: Bearer <token>`` gets 401.
+- Pods under ``/api/v1/namespaces/{ns}/pods``: list and watch as above (same version
+  counter, same history, same 410), filtered by ``labelSelector`` (``key``, ``key=value``
+  and ``key!=value``, comma-separated, as the server's equality-based selectors are);
+  ``POST`` creates (201; ``409 AlreadyExists`` on a taken name) with phase Pending;
+  ``GET`` and ``DELETE`` one Pod (404 when absent). A ``DELETE`` removes the Pod at once,
+  or, with ``graceful_pods=True``, sets ``metadata.deletionTimestamp`` the way the real
+  server does for a Pod whose kubelet must stop it; :meth:`finish_pod_deletion` is the
+  kubelet confirming. No scheduler or kubelet runs: :meth:`set_pod_state` writes the
+  phase, conditions and container statuses a kubelet would report.
 
-Everything else (other kinds, label and field selectors, JSON patch, server-side
-apply, protobuf) is deliberately absent and answers with a Status error.
+Everything else (other kinds, field selectors, set-based label selectors, JSON patch,
+server-side apply, protobuf, pod updates) is deliberately absent and answers with a
+Status error. It is a test double, not a kube-apiserver: nothing is validated beyond
+what the code under test needs.
 """
 
 from __future__ import annotations
@@ -42,6 +53,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 NODES = "/api/v1/nodes"
+NAMESPACES = "/api/v1/namespaces/"
 
 
 def status_object(code: int, reason: str, message: str) -> dict[str, Any]:
@@ -117,6 +129,43 @@ def ready_condition(ready: bool) -> dict[str, Any]:
     }
 
 
+def selector_matches(labels: dict[str, str], selector: str) -> bool:
+    """An equality-based label selector: ``a=b,c,d!=e`` (``==`` is ``=``)."""
+    for term in filter(None, (part.strip() for part in selector.split(","))):
+        if "!=" in term:
+            key, value = term.split("!=", 1)
+            if labels.get(key.strip()) == value.strip():
+                return False
+        elif "=" in term:
+            key, value = term.replace("==", "=").split("=", 1)
+            if labels.get(key.strip()) != value.strip():
+                return False
+        elif term not in labels:
+            return False
+    return True
+
+
+def container_status(
+    name: str = "workload",
+    state: dict[str, Any] | None = None,
+    ready: bool = False,
+    restarts: int = 0,
+    last_state: dict[str, Any] | None = None,
+    image: str = "flotilla:test",
+) -> dict[str, Any]:
+    """One ``containerStatuses`` entry as a kubelet reports it."""
+    return {
+        "name": name,
+        "state": state or {"waiting": {"reason": "ContainerCreating"}},
+        "lastState": last_state or {},
+        "ready": ready,
+        "restartCount": restarts,
+        "image": image,
+        "imageID": "",
+        "started": "running" in (state or {}),
+    }
+
+
 def merge_patch(target: Any, patch: Any) -> Any:
     """RFC 7386: objects merge key by key, ``null`` deletes, anything else replaces."""
     if not isinstance(patch, dict):
@@ -138,6 +187,8 @@ class KubeApiDouble:
         self.expired_as = expired_as
         self.version = 100  # a real cluster's versions are large; 0 means "any" to a watch
         self.nodes: dict[str, dict[str, Any]] = {}
+        self.pods: dict[tuple[str, str], dict[str, Any]] = {}  # (namespace, name)
+        self.graceful_pods = False
         self.history: list[tuple[int, str, dict[str, Any]]] = []
         self.oldest = self.version + 1  # the oldest version the history still holds
         self.requests: list[tuple[str, str]] = []  # (method, path with query), for assertions
@@ -166,17 +217,19 @@ class KubeApiDouble:
 
     # The store. Each write takes the next version and is appended to the history.
 
-    def _write(self, type_: str, obj: dict[str, Any]) -> dict[str, Any]:
+    def _write(self, type_: str, obj: dict[str, Any], kind: str = "Node") -> dict[str, Any]:
         with self.changed:
             self.version += 1
             obj = copy.deepcopy(obj)
-            obj["kind"], obj["apiVersion"] = "Node", "v1"
+            obj["kind"], obj["apiVersion"] = kind, "v1"
             obj["metadata"]["resourceVersion"] = str(self.version)
             name = obj["metadata"]["name"]
+            store: dict[Any, dict[str, Any]] = self.nodes if kind == "Node" else self.pods
+            key: Any = name if kind == "Node" else (obj["metadata"]["namespace"], name)
             if type_ == "DELETED":
-                self.nodes.pop(name, None)
+                store.pop(key, None)
             else:
-                self.nodes[name] = obj
+                store[key] = obj
             self.history.append((self.version, type_, copy.deepcopy(obj)))
             self.changed.notify_all()
             return copy.deepcopy(obj)
@@ -197,6 +250,92 @@ class KubeApiDouble:
     def delete(self, name: str) -> dict[str, Any]:
         with self.changed:
             return self._write("DELETED", self.nodes[name])
+
+    # Pods (namespaced). The kubelet's part is played by the test through set_pod_state.
+
+    def add_pod(self, obj: dict[str, Any]) -> dict[str, Any]:
+        obj = copy.deepcopy(obj)
+        metadata = obj.setdefault("metadata", {})
+        metadata.setdefault("namespace", "default")
+        metadata.setdefault("uid", str(uuid.uuid4()))
+        metadata.setdefault("creationTimestamp", datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+        obj.setdefault("status", {"phase": "Pending", "qosClass": "BestEffort"})
+        return self._write("ADDED", obj, "Pod")
+
+    def modify_pod(
+        self, namespace: str, name: str, change: Callable[[dict[str, Any]], None]
+    ) -> dict[str, Any]:
+        with self.changed:
+            obj = copy.deepcopy(self.pods[namespace, name])
+            change(obj)
+            return self._write("MODIFIED", obj, "Pod")
+
+    def delete_pod(self, namespace: str, name: str) -> dict[str, Any]:
+        """The API's DELETE: at once, or (``graceful_pods``) marked until the kubelet confirms."""
+        with self.changed:
+            pod = self.pods[namespace, name]
+            if not self.graceful_pods:
+                return self._write("DELETED", pod, "Pod")
+            if pod["metadata"].get("deletionTimestamp"):
+                return copy.deepcopy(pod)
+
+            def mark(obj: dict[str, Any]) -> None:
+                obj["metadata"]["deletionTimestamp"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+                obj["metadata"]["deletionGracePeriodSeconds"] = 30
+
+            return self.modify_pod(namespace, name, mark)
+
+    def finish_pod_deletion(self, namespace: str, name: str) -> dict[str, Any]:
+        """The kubelet has stopped the containers of a Pod marked for deletion."""
+        with self.changed:
+            return self._write("DELETED", self.pods[namespace, name], "Pod")
+
+    def set_pod_state(
+        self,
+        namespace: str,
+        name: str,
+        phase: str,
+        containers: list[dict[str, Any]] | None = None,
+        conditions: list[dict[str, Any]] | None = None,
+        pod_ip: str | None = None,
+        reason: str | None = None,
+        message: str | None = None,
+    ) -> dict[str, Any]:
+        """Write ``status`` as the kubelet (or the scheduler, for PodScheduled) reports it."""
+
+        def report(obj: dict[str, Any]) -> None:
+            status: dict[str, Any] = {"phase": phase, "qosClass": "BestEffort"}
+            if containers is not None:
+                status["containerStatuses"] = containers
+            if conditions is not None:
+                status["conditions"] = conditions
+            if pod_ip:
+                status["podIP"] = pod_ip
+                status["podIPs"] = [{"ip": pod_ip}]
+                status["hostIP"] = "10.0.0.1"
+            if reason:
+                status["reason"] = reason
+            if message:
+                status["message"] = message
+            obj["status"] = status
+
+        return self.modify_pod(namespace, name, report)
+
+    def pod_list(self, namespace: str, selector: str = "") -> dict[str, Any]:
+        with self.changed:
+            items = []
+            for (ns, _), pod in sorted(self.pods.items()):
+                if ns != namespace or not selector_matches(pod["metadata"].get("labels") or {}, selector):
+                    continue
+                item = copy.deepcopy(pod)
+                del item["kind"], item["apiVersion"]
+                items.append(item)
+            return {
+                "kind": "PodList",
+                "apiVersion": "v1",
+                "metadata": {"resourceVersion": str(self.version)},
+                "items": items,
+            }
 
     def compact(self) -> None:
         """Forget the history, as etcd compaction does: older watches now get 410."""
@@ -252,6 +391,9 @@ def _handler(double: KubeApiDouble) -> type[BaseHTTPRequestHandler]:
                 return None
             parts = urlsplit(self.path)
             query = parse_qs(parts.query)
+            if parts.path.startswith(NAMESPACES):
+                self._pods(parts.path[len(NAMESPACES) :].split("/"), query)
+                return None
             if parts.path == NODES:
                 return None, query
             if parts.path.startswith(NODES + "/") and "/" not in parts.path[len(NODES) + 1 :]:
@@ -285,19 +427,35 @@ def _handler(double: KubeApiDouble) -> type[BaseHTTPRequestHandler]:
             self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
             self.wfile.flush()
 
-        def _watch(self, query: dict[str, list[str]]) -> None:
+        def _watch(
+            self, query: dict[str, list[str]], kind: str = "Node", namespace: str | None = None
+        ) -> None:
             import time
 
             since = query.get("resourceVersion", [""])[0]
             timeout = float(query.get("timeoutSeconds", ["30"])[0])
             bookmarks = query.get("allowWatchBookmarks", [""])[0].lower() in {"true", "1"}
+            selector = query.get("labelSelector", [""])[0]
+
+            def wanted(entries: list[tuple[int, str, dict[str, Any]]] | None) -> Any:
+                if entries is None:
+                    return None
+                return [
+                    entry
+                    for entry in entries
+                    if entry[2]["kind"] == kind
+                    and (namespace is None or entry[2]["metadata"].get("namespace") == namespace)
+                    and selector_matches(entry[2]["metadata"].get("labels") or {}, selector)
+                ]
+
             with double.changed:
                 if since in {"", "0"}:
                     start = double.version
-                    pending = [(start, "ADDED", copy.deepcopy(n)) for _, n in sorted(double.nodes.items())]
+                    store = double.nodes if kind == "Node" else double.pods
+                    pending = wanted([(start, "ADDED", copy.deepcopy(n)) for _, n in sorted(store.items())])
                 else:
                     start = int(since)
-                    pending = double.events_after(start)
+                    pending = wanted(double.events_after(start))
             expired = status_object(
                 410, "Expired", f"too old resource version: {since} ({double.oldest - 1})"
             )
@@ -322,14 +480,18 @@ def _handler(double: KubeApiDouble) -> type[BaseHTTPRequestHandler]:
                             remaining = deadline - time.monotonic()
                             if remaining > 0 and not double.closing and double.version == last:
                                 double.changed.wait(remaining)
-                            pending = double.events_after(last)
-                            if pending is None:  # compacted meanwhile: nothing more to send
+                            everything = double.events_after(last)
+                            if everything is None:  # compacted meanwhile: nothing more to send
                                 pending, last = [], double.version
+                            else:
+                                pending = wanted(everything)
+                                # Others' changes move the version on without an event.
+                                last = max([last, *(entry[0] for entry in everything)])
                             if not pending and (time.monotonic() >= deadline or double.closing):
                                 break
                     if bookmarks:
                         marker = {
-                            "kind": "Node",
+                            "kind": kind,
                             "apiVersion": "v1",
                             "metadata": {"resourceVersion": str(last)},
                         }
@@ -339,6 +501,53 @@ def _handler(double: KubeApiDouble) -> type[BaseHTTPRequestHandler]:
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the client stopped watching
             self.close_connection = True
+
+        def _pods(self, path: list[str], query: dict[str, list[str]]) -> None:
+            """``{ns}/pods`` and ``{ns}/pods/{name}``: list, watch, create, get, delete."""
+            if (
+                len(path) not in {2, 3}
+                or path[1] != "pods"
+                or not path[0]
+                or (len(path) == 3 and not path[2])
+            ):
+                self._error(
+                    404, "NotFound", f"the server could not find the requested resource ({self.path})"
+                )
+                return
+            namespace, name = path[0], (path[2] if len(path) == 3 else None)
+            method = self.command
+            if name is None and method == "GET":
+                if query.get("watch", [""])[0].lower() in {"true", "1"}:
+                    self._watch(query, "Pod", namespace)
+                else:
+                    self._send_json(200, double.pod_list(namespace, query.get("labelSelector", [""])[0]))
+            elif name is None and method == "POST":
+                body = self._body()
+                new = body["metadata"]["name"]
+                body["metadata"]["namespace"] = namespace
+                with double.changed:
+                    if (namespace, new) in double.pods:
+                        self._error(409, "AlreadyExists", f'pods "{new}" already exists')
+                        return
+                    body.pop("status", None)  # the server owns status
+                    created = double.add_pod(body)
+                self._send_json(201, created)
+            elif name is not None and method in {"GET", "DELETE"}:
+                if method == "DELETE":
+                    self._body()  # DeleteOptions, if sent: read, so the connection stays usable
+                with double.changed:
+                    pod = double.pods.get((namespace, name))
+                    if pod is not None and method == "DELETE":
+                        pod = double.delete_pod(namespace, name)
+                    pod = copy.deepcopy(pod)
+                if pod is None:
+                    self._error(404, "NotFound", f'pods "{name}" not found')
+                else:
+                    self._send_json(200, pod)
+            else:
+                self._error(
+                    405, "MethodNotAllowed", "the server does not allow this method on the requested resource"
+                )
 
         def do_POST(self) -> None:
             route = self._route()

@@ -342,7 +342,9 @@ def test_rbac_reads_nodes_and_manages_pods_only_with_the_executor():
     executor = objects(EXECUTOR)
     (role,) = by_kind(executor, "Role").values()
     assert role["metadata"]["namespace"] == NAMESPACE
-    assert "create" in role["rules"][0]["verbs"] and role["rules"][0]["resources"] == ["pods"]
+    assert role["rules"] == [
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "create", "delete"]}
+    ]
     web = by_kind(executor, "Deployment")[f"{FULLNAME}-web"]["spec"]["template"]["spec"]
     (binding,) = by_kind(executor, "RoleBinding").values()
     assert binding["subjects"][0]["name"] == web["serviceAccountName"]
@@ -474,3 +476,25 @@ def test_node_discovery_runs_one_watcher_with_the_service_account_bound_to_read_
     assert by_kind(off, "ClusterRole") == {}
     (config,) = by_kind(off, "ConfigMap").values()
     assert config["data"]["FLOTILLA_KUBERNETES"] == "false"
+
+
+def test_the_kubernetes_executor_runs_one_executor_with_the_agent_image_and_pod_rights():
+    docs = objects(EXECUTOR)
+    executor = by_kind(docs, "Deployment")[f"{RELEASE}-flotilla-kube-pods"]
+    pod = executor["spec"]["template"]["spec"]
+    assert executor["spec"]["replicas"] == 1
+    assert pod["containers"][0]["args"] == ["python", "-m", "django", "kube_pods"]
+    (config,) = by_kind(docs, "ConfigMap").values()
+    assert config["data"]["FLOTILLA_KUBERNETES_EXECUTOR"] == "true"
+    agent = next(iter(by_kind(docs, "DaemonSet").values()))
+    assert (
+        config["data"]["FLOTILLA_KUBERNETES_IMAGE"]
+        == agent["spec"]["template"]["spec"]["containers"][0]["image"]
+    )
+    (binding,) = by_kind(docs, "RoleBinding").values()
+    assert binding["subjects"][0]["name"] == pod["serviceAccountName"]
+
+    off = objects()
+    assert f"{RELEASE}-flotilla-kube-pods" not in by_kind(off, "Deployment")
+    (config,) = by_kind(off, "ConfigMap").values()
+    assert "FLOTILLA_KUBERNETES_IMAGE" not in config["data"]

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 from controlplane import events, fleet, store
 from controlplane.conditions import is_true, set_condition
+from controlplane.kube.pods import executor_spec
 from controlplane.models import Event, Resource
 from controlplane.policies import PolicyProblem, resolve
 from controlplane.specs import KINDS, WORKLOAD_FINALIZER, DeploymentSpec, TrainingJobSpec
@@ -434,6 +435,8 @@ def _place(
                 "gpus": placement.gpus,
                 "runtime": "train" if role == "train" else "serve",
                 "config": runtime_config(owner),
+                # The node's Cluster says who runs it (controlplane/kube/pods.py).
+                **executor_spec(placement.node),
             },
             labels={OWNER_LABEL: owner.name, REPLICA_LABEL: str(index)},
             owner_references=[
