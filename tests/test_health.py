@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import socket
 from typing import Any
 from unittest import mock
@@ -16,13 +17,18 @@ from controlplane.celeryapp import app as celery_app
 
 
 @pytest.fixture
-def broker_conf():
-    """Change the Celery app's broker settings for one test, and put them back after."""
+def broker_conf(monkeypatch):
+    """Change the Celery app's broker settings for one test, and put them back after.
+
+    Celery reads the broker URL from CELERY_BROKER_URL before its configuration (CI's
+    PostgreSQL + Redis pass sets it), so the variable is changed too."""
     saved: dict[str, Any] = {}
 
     def change(**values: Any) -> None:
         for key in values:
             saved.setdefault(key, celery_app.conf[key])
+        if "broker_url" in values:
+            monkeypatch.setenv("CELERY_BROKER_URL", values["broker_url"])
         celery_app.conf.update(values)
 
     yield change
@@ -78,8 +84,11 @@ def test_it_names_the_broker_when_the_broker_is_unreachable(client, db, broker_c
 
 
 def test_it_names_the_broker_when_an_embedded_broker_folder_is_missing(client, db, broker_conf, tmp_path):
-    options = dict(celery_app.conf.broker_transport_options, control_folder=str(tmp_path / "gone"))
-    broker_conf(broker_transport_options=options)
+    folders = {key: str(tmp_path / key) for key in ("data_folder_in", "data_folder_out", "processed_folder")}
+    for folder in folders.values():
+        os.makedirs(folder)
+    options = {**folders, "control_folder": str(tmp_path / "gone")}
+    broker_conf(broker_url="filesystem://", broker_transport_options=options)
 
     response = client.get("/readyz")
 
