@@ -57,7 +57,9 @@ def test_it_names_the_database_when_the_database_fails(client, db):
     broken = OperationalError("connection to server at db.internal failed")
     with mock.patch.object(connections["default"], "cursor", side_effect=broken):
         response = client.get("/readyz")
+        alive = client.get("/healthz")
 
+    assert alive.status_code == 200  # liveness: a database outage must not restart web pods
     assert response.status_code == 503
     body = response.json()
     assert body["failed"] == ["database"]
