@@ -1,6 +1,7 @@
 from django.urls import include, path, re_path
 
 from controlplane import agent_api, api, logs_api
+from controlplane.metrics_view import metrics_view
 from controlplane.telemetry import urls as telemetry_urls
 
 api_v1 = [
@@ -27,5 +28,6 @@ urlpatterns = [
     path("api/v1/", include(api_v1)),
     path("healthz", api.healthz),
     path("readyz", api.readyz),
+    path("metrics", metrics_view),
     path("", include("dashboard.urls")),
 ]

@@ -498,3 +498,12 @@ def test_the_kubernetes_executor_runs_one_executor_with_the_agent_image_and_pod_
     assert f"{RELEASE}-flotilla-kube-pods" not in by_kind(off, "Deployment")
     (config,) = by_kind(off, "ConfigMap").values()
     assert "FLOTILLA_KUBERNETES_IMAGE" not in config["data"]
+
+
+def test_the_service_monitor_scrapes_metrics_on_the_web_service_and_pods_admit_their_ip():
+    docs = objects({"metrics": {"serviceMonitor": {"enabled": True}}})
+    (monitor,) = by_kind(docs, "ServiceMonitor").values()
+    assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
+    web = by_kind(docs, "Deployment")[f"{FULLNAME}-web"]["spec"]["template"]["spec"]["containers"][0]
+    pod_ip = next(e for e in web["env"] if e["name"] == "FLOTILLA_POD_IP")
+    assert pod_ip["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"

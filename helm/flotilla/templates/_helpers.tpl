@@ -189,6 +189,11 @@ Kubernetes' $(VAR) expansion, so it never appears in the pod spec.
   valueFrom:
     fieldRef:
       fieldPath: metadata.namespace
+# Prometheus scrapes /metrics by the pod's IP: settings add it to ALLOWED_HOSTS.
+- name: FLOTILLA_POD_IP
+  valueFrom:
+    fieldRef:
+      fieldPath: status.podIP
 {{- range $name, $value := .Values.config.extraEnv }}
 - name: {{ $name }}
   value: {{ $value | toString | quote }}
