@@ -1,5 +1,9 @@
 """The Kubernetes executor: Workloads of ``executor: kubernetes`` Clusters run as Pods.
 
+This module keeps Pods and Workloads in step (create, collect, release finalizers, watch);
+``pod_manifest`` builds a Workload's Pod and ``pod_status`` reads a Pod back into its
+Workload's status.
+
 Decisions (docs/kubernetes.md, "Executor", explains them to operators):
 
 - **One signal, set once.** The owner controller copies the node's Cluster
@@ -47,6 +51,8 @@ from django.db import DatabaseError, close_old_connections, transaction
 from controlplane import events, store
 from controlplane.conditions import set_condition
 from controlplane.envhelpers import ConfigError
+from controlplane.kube.pod_manifest import GENERATION_ANNOTATION, MANAGED_BY, UID_LABEL, manifest, namespace
+from controlplane.kube.pod_status import observed
 from controlplane.models import Resource
 
 if TYPE_CHECKING:
@@ -55,17 +61,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 SOURCE = "kubernetes-executor"
 FINALIZER = "flotilla.dev/kubernetes-pod"
-WORKLOAD_LABEL = "flotilla.dev/workload"
-UID_LABEL = "flotilla.dev/workload-uid"
-MANAGED_BY = "app.kubernetes.io/managed-by"
 SELECTOR = f"{MANAGED_BY}=flotilla,{UID_LABEL}"
-CONFIG_ANNOTATION = "flotilla.dev/config"
-GENERATION_ANNOTATION = "flotilla.dev/generation"
-CONFIG_DIR = "/etc/flotilla/workload"
-CONTAINER = "workload"
-SERVE_PORT = 8000
-GPU_RESOURCE = "nvidia.com/gpu"
-IMAGE_USER = 10001  # the image's non-root user (Dockerfile)
 PAGE = 500
 RESYNC_SECONDS = 15  # run(): a full sync at least this often, watching Pods in between
 
@@ -102,209 +98,11 @@ def image() -> str:
     return value
 
 
-def namespace() -> str:
-    return settings.FLOTILLA_KUBERNETES_NAMESPACE or "default"
-
-
-def pod_name(workload: Resource) -> str:
-    return f"flotilla-{workload.name}"
-
-
-# --- the Pod --------------------------------------------------------------------------------
-
-
-def runtime_args(spec: dict[str, Any]) -> list[str]:
-    """The agent supervisor's command (agents/supervisor.py), for the image's Python."""
-    from agents.supervisor import RUNTIMES
-
-    runtime = spec.get("runtime", "serve")
-    if runtime not in RUNTIMES:
-        raise ValueError(f"unknown runtime {runtime!r}; the executor runs {', '.join(sorted(RUNTIMES))}")
-    argv = ["python", "-m", f"agents.runtimes.{runtime}", "--config", f"{CONFIG_DIR}/config.json"]
-    argv += ["--device", "auto" if spec.get("gpus") else "cpu"]
-    if runtime == "serve":
-        argv += ["--host", "0.0.0.0", "--port", str(SERVE_PORT)]  # noqa: S104 - the Pod's own IP
-    return argv
-
-
-def manifest(workload: Resource, kube_node: str, image_name: str) -> dict[str, Any]:
-    """The Pod for one Workload (a plain JSON dict, as sent on the wire)."""
-    spec = workload.spec
-    serve = spec.get("runtime", "serve") == "serve"
-    gpus = len(spec.get("gpus") or [])
-    env = [
-        {"name": "PYTHONUNBUFFERED", "value": "1"},
-        {"name": "FLOTILLA_WORKLOAD", "value": workload.name},
-        {"name": "HOME", "value": "/var/lib/flotilla"},
-    ]
-    if not gpus:  # the NVIDIA runtime would otherwise expose every GPU to a CPU Workload
-        env.append({"name": "NVIDIA_VISIBLE_DEVICES", "value": "void"})
-    container: dict[str, Any] = {
-        "name": CONTAINER,
-        "image": image_name,
-        "args": runtime_args(spec),
-        "env": env,
-        "resources": {"limits": {GPU_RESOURCE: str(gpus)}} if gpus else {},
-        "volumeMounts": [
-            {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
-            {"name": "home", "mountPath": "/var/lib/flotilla"},
-            {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108 - an emptyDir
-        ],
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": IMAGE_USER,
-            "runAsGroup": IMAGE_USER,
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"]},
-        },
-    }
-    if serve:
-        container["ports"] = [{"name": "http", "containerPort": SERVE_PORT, "protocol": "TCP"}]
-        container["readinessProbe"] = {
-            "httpGet": {"path": "/health", "port": "http"},
-            "periodSeconds": 5,
-            "failureThreshold": 3,
-        }
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": pod_name(workload),
-            "namespace": namespace(),
-            "labels": {
-                MANAGED_BY: "flotilla",
-                WORKLOAD_LABEL: workload.name,
-                UID_LABEL: str(workload.uid),
-            },
-            "annotations": {
-                CONFIG_ANNOTATION: json.dumps(spec.get("config") or {}, sort_keys=True),
-                GENERATION_ANNOTATION: str(workload.generation),
-            },
-        },
-        "spec": {
-            "nodeName": kube_node,
-            "restartPolicy": "Always" if serve else "OnFailure",
-            "automountServiceAccountToken": False,
-            "enableServiceLinks": False,
-            "terminationGracePeriodSeconds": 30,
-            "securityContext": {
-                "runAsNonRoot": True,
-                "runAsUser": IMAGE_USER,
-                "runAsGroup": IMAGE_USER,
-                "fsGroup": IMAGE_USER,
-                "seccompProfile": {"type": "RuntimeDefault"},
-            },
-            "tolerations": [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}],
-            "containers": [container],
-            "volumes": [
-                {
-                    "name": "config",
-                    "downwardAPI": {
-                        "items": [
-                            {
-                                "path": "config.json",
-                                "fieldRef": {"fieldPath": f"metadata.annotations['{CONFIG_ANNOTATION}']"},
-                            }
-                        ]
-                    },
-                },
-                {"name": "home", "emptyDir": {}},
-                {"name": "tmp", "emptyDir": {}},
-            ],
-        },
-    }
-
-
 def kube_node_of(workload: Resource) -> str:
     """The Kubernetes name of the Workload's node: discovery's link, else the same name."""
     node = store.find("Node", workload.node_name)
     linked = ((node.status.get("kubernetes") or {}) if node is not None else {}).get("name")
     return str(linked or workload.node_name)
-
-
-# --- Pod status -> Workload status ------------------------------------------------------------
-
-
-def observed(workload: Resource, pod: dict[str, Any]) -> dict[str, Any]:
-    """The Workload status that the Pod's phase and container state say, in the shape the
-    agent's supervisor reports (``Supervisor.status_of``) plus ``status.pod``."""
-    metadata, pod_status = pod["metadata"], pod.get("status") or {}
-    phase = pod_status.get("phase") or "Pending"
-    container = next((c for c in pod_status.get("containerStatuses") or [] if c.get("name") == CONTAINER), {})
-    state = container.get("state") or {}
-    waiting, terminated = state.get("waiting") or {}, state.get("terminated") or {}
-    last = (container.get("lastState") or {}).get("terminated") or {}
-    serve = workload.spec.get("runtime", "serve") == "serve"
-    ip = pod_status.get("podIP")
-    endpoint = None
-    scheduled = next((c for c in pod_status.get("conditions") or [] if c.get("type") == "PodScheduled"), {})
-    if metadata.get("deletionTimestamp"):
-        result = ("Pending", False, "Terminating", f"pod {metadata['name']} is stopping")
-    elif phase == "Succeeded":
-        result = ("Succeeded", False, "Completed", "training reached its last step")
-    elif phase == "Failed":
-        reason = terminated.get("reason") or pod_status.get("reason") or "Failed"
-        message = terminated.get("message") or pod_status.get("message") or f"pod {metadata['name']} failed"
-        result = ("Failed", False, reason, message)
-    elif waiting.get("reason") == "CrashLoopBackOff":
-        why = f"; last exit {last.get('exitCode')} ({last.get('reason') or 'Error'})" if last else ""
-        result = ("Failed", False, "CrashLoopBackOff", (waiting.get("message") or "restarting") + why)
-    elif terminated:  # between a crash and the kubelet's next restart
-        message = terminated.get("message") or f"exited with code {terminated.get('exitCode')}"
-        result = ("Failed", False, terminated.get("reason") or "Error", message)
-    elif phase == "Running" and container.get("ready") and "running" in state:
-        if serve and ip:
-            endpoint = f"http://{ip}:{SERVE_PORT}"
-        reason = "Serving" if serve else "Training"
-        result = (
-            "Running",
-            True,
-            reason,
-            f"serving at {endpoint}" if endpoint else f"running in pod {metadata['name']}",
-        )
-    elif phase == "Running":
-        result = (
-            "Starting",
-            False,
-            "Starting",
-            f"pod {metadata['name']} is running; waiting until it is ready",
-        )
-    elif waiting.get("reason") and waiting["reason"] != "ContainerCreating":
-        result = ("Pending", False, waiting["reason"], waiting.get("message") or "")
-    elif scheduled.get("status") == "False":
-        result = (
-            "Pending",
-            False,
-            scheduled.get("reason") or "Unschedulable",
-            scheduled.get("message") or "",
-        )
-    else:
-        reason = waiting.get("reason") or pod_status.get("reason") or "Pending"
-        result = ("Pending", False, reason, waiting.get("message") or f"pod {metadata['name']} is pending")
-    new_phase, ready, reason, message = result
-
-    status = copy.deepcopy(workload.status)
-    status["phase"] = new_phase
-    status["observedGeneration"] = workload.generation
-    status["restarts"] = int(container.get("restartCount") or 0)
-    set_condition(status, "Ready", ready, reason, str(message)[:500])
-    if endpoint:
-        status["endpoint"] = endpoint
-    else:
-        status.pop("endpoint", None)
-    exit_code = terminated.get("exitCode", last.get("exitCode"))
-    if exit_code is not None:
-        status["lastExitCode"] = exit_code
-    status["pod"] = {
-        "name": metadata["name"],
-        "namespace": metadata.get("namespace") or namespace(),
-        "uid": metadata.get("uid") or "",
-        "node": (pod.get("spec") or {}).get("nodeName") or "",
-        "ip": ip or "",
-        "phase": phase,
-    }
-    return status
 
 
 def record_status(workload: Resource, pod: dict[str, Any]) -> str:
