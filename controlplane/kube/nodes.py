@@ -11,25 +11,21 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import threading
 from collections import Counter
 from typing import Any
 
 from django.db import DatabaseError, close_old_connections
-from kubernetes import client, watch
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
 from controlplane.kube import mirror
+from controlplane.kube.watching import Expired, backoff, describe, watch_pass
 
 log = logging.getLogger(__name__)
 PAGE = 500
 WATCH_SECONDS = 300  # the server ends each watch after this long; the loop starts the next
-
-
-class Expired(Exception):
-    """The watch's resourceVersion is older than the server's history: list again."""
 
 
 def relist(api: client.CoreV1Api, cluster: str | None = None) -> tuple[str, Counter[str]]:
@@ -62,32 +58,11 @@ def watch_once(
 ) -> tuple[str, Counter[str]]:
     """Apply the changes after ``version`` until the server ends the watch; return the
     last version seen. Raises Expired when the server answers 410 Gone."""
-    watcher = watch.Watch()
-    counts: Counter[str] = Counter()
-    try:
-        for event in watcher.stream(
-            api.list_node,
-            resource_version=version,
-            timeout_seconds=timeout_seconds,
-            allow_watch_bookmarks=True,
-        ):
-            obj = event["raw_object"]
-            version = obj["metadata"].get("resourceVersion") or version
-            if event["type"] in {"ADDED", "MODIFIED"}:
-                counts[mirror.mirror(obj, cluster)] += 1
-            elif event["type"] == "DELETED":
-                counts[mirror.forget(obj)] += 1
-            if stop is not None and stop.is_set():
-                watcher.stop()
-    except ApiException as exc:
-        if exc.status == 410:
-            raise Expired(f"resourceVersion {version} expired") from None
-        raise
-    return version, counts
 
+    def apply(event_type: str, obj: dict[str, Any]) -> str:
+        return mirror.forget(obj) if event_type == "DELETED" else mirror.mirror(obj, cluster)
 
-def backoff(failures: int) -> float:
-    return min(60.0, 2.0 ** min(failures, 6)) * random.uniform(0.5, 1.5)
+    return watch_pass(api.list_node, version, apply, timeout_seconds, stop)
 
 
 def run(
@@ -116,12 +91,8 @@ def run(
         except (ApiException, HTTPError, OSError, DatabaseError) as exc:
             failures += 1
             delay = backoff(failures)
-            # Only the status and reason: an ApiException's text carries response headers.
-            detail = (
-                f"HTTP {exc.status} {exc.reason}" if isinstance(exc, ApiException) else type(exc).__name__
-            )
             log.warning(
-                "Kubernetes node sync against %s failed (%s); retrying in %.0fs", server, detail, delay
+                "Kubernetes node sync against %s failed (%s); retrying in %.0fs", server, describe(exc), delay
             )
             version = None
             stop.wait(delay)

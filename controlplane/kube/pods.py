@@ -40,7 +40,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import random
 import threading
 from collections import Counter
 from typing import TYPE_CHECKING, Any
@@ -53,6 +52,7 @@ from controlplane.conditions import set_condition
 from controlplane.envhelpers import ConfigError
 from controlplane.kube.pod_manifest import GENERATION_ANNOTATION, MANAGED_BY, UID_LABEL, manifest, namespace
 from controlplane.kube.pod_status import observed
+from controlplane.kube.watching import Expired, backoff, describe, watch_pass
 from controlplane.models import Resource
 
 if TYPE_CHECKING:
@@ -64,10 +64,6 @@ FINALIZER = "flotilla.dev/kubernetes-pod"
 SELECTOR = f"{MANAGED_BY}=flotilla,{UID_LABEL}"
 PAGE = 500
 RESYNC_SECONDS = 15  # run(): a full sync at least this often, watching Pods in between
-
-
-class Expired(Exception):
-    """The watch's resourceVersion is older than the server's history: list again."""
 
 
 # --- which Workloads are ours -------------------------------------------------------------
@@ -314,35 +310,15 @@ def watch_once(
     stop: threading.Event | None = None,
 ) -> tuple[str, Counter[str]]:
     """Apply Pod changes after ``version`` until the server ends the watch; Expired on 410."""
-    from kubernetes import watch
-    from kubernetes.client.exceptions import ApiException
-
-    watcher = watch.Watch()
-    counts: Counter[str] = Counter()
-    try:
-        for event in watcher.stream(
-            api.list_namespaced_pod,
-            namespace(),
-            label_selector=SELECTOR,
-            resource_version=version,
-            timeout_seconds=timeout_seconds,
-            allow_watch_bookmarks=True,
-        ):
-            obj = event["raw_object"]
-            version = obj["metadata"].get("resourceVersion") or version
-            if event["type"] in {"ADDED", "MODIFIED", "DELETED"}:
-                counts[apply_event(event["type"], obj)] += 1
-            if stop is not None and stop.is_set():
-                watcher.stop()
-    except ApiException as exc:
-        if exc.status == 410:
-            raise Expired(f"resourceVersion {version} expired") from None
-        raise
-    return version, counts
-
-
-def backoff(failures: int) -> float:
-    return min(60.0, 2.0 ** min(failures, 6)) * random.uniform(0.5, 1.5)
+    return watch_pass(
+        api.list_namespaced_pod,
+        version,
+        apply_event,
+        timeout_seconds,
+        stop,
+        namespace=namespace(),
+        label_selector=SELECTOR,
+    )
 
 
 def run(api: client.CoreV1Api, stop: threading.Event, timeout_seconds: int = RESYNC_SECONDS) -> None:
@@ -371,14 +347,7 @@ def run(api: client.CoreV1Api, stop: threading.Event, timeout_seconds: int = RES
         except (ApiException, HTTPError, OSError, DatabaseError, ConfigError) as exc:
             failures += 1
             delay = backoff(failures)
-            detail = (
-                f"HTTP {exc.status} {exc.reason}"
-                if isinstance(exc, ApiException)
-                else str(exc)
-                if isinstance(exc, ConfigError)
-                else type(exc).__name__
-            )
             log.warning(
-                "Kubernetes executor against %s failed (%s); retrying in %.0fs", server, detail, delay
+                "Kubernetes executor against %s failed (%s); retrying in %.0fs", server, describe(exc), delay
             )
             stop.wait(delay)
