@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable
+from typing import Any
 
 from django.db import DatabaseError
 
@@ -66,43 +68,43 @@ def observe_traffic() -> dict[str, int]:
         return observed_traffic.observe_all()
 
 
+def _kubernetes_pass(
+    enabled: bool, lease: str, seconds: float, run: Callable[[Any], tuple]
+) -> dict[str, int]:
+    """One pass of a Kubernetes loop under a lease (two workers never run it at once);
+    ``{"skipped": 1}`` when it is off or another worker holds the lease."""
+    from controlplane.kube.client import core_api
+
+    if not enabled:
+        return {"skipped": 1}
+    with leases.held(lease, seconds) as mine:
+        if not mine:
+            return {"skipped": 1}
+        _, counts = run(core_api())
+        return dict(counts)
+
+
 @app.task
 def sync_kube_nodes() -> dict[str, int]:
     """Re-list Kubernetes Nodes into Flotilla Nodes (FLOTILLA_KUBERNETES; see docs/kubernetes.md).
 
     `manage.py kube_nodes` watches for prompt updates; this periodic list catches up
-    when that process is not running. A lease keeps two workers from listing at once.
+    when that process is not running.
     """
     from django.conf import settings
-    from kubernetes import client
 
     from controlplane.kube import nodes
-    from controlplane.kube.client import api_client
 
-    if not settings.FLOTILLA_KUBERNETES:
-        return {"skipped": 1}
-    with leases.held("kube-nodes", 300.0) as mine:
-        if not mine:
-            return {"skipped": 1}
-        _, counts = nodes.relist(client.CoreV1Api(api_client()))
-        return dict(counts)
+    return _kubernetes_pass(settings.FLOTILLA_KUBERNETES, "kube-nodes", 300.0, nodes.relist)
 
 
 @app.task
 def sync_kube_pods() -> dict[str, int]:
     """One pass of the Kubernetes executor (FLOTILLA_KUBERNETES_EXECUTOR; docs/kubernetes.md):
     Pods for new Workloads, statuses, deletions. `manage.py kube_pods` watches for prompt
-    status; this catches up when it is not running. A lease keeps two workers apart."""
+    status; this catches up when it is not running."""
     from django.conf import settings
-    from kubernetes import client
 
     from controlplane.kube import pods
-    from controlplane.kube.client import api_client
 
-    if not settings.FLOTILLA_KUBERNETES_EXECUTOR:
-        return {"skipped": 1}
-    with leases.held("kube-pods", 120.0) as mine:
-        if not mine:
-            return {"skipped": 1}
-        _, counts = pods.sync(client.CoreV1Api(api_client()))
-        return dict(counts)
+    return _kubernetes_pass(settings.FLOTILLA_KUBERNETES_EXECUTOR, "kube-pods", 120.0, pods.sync)

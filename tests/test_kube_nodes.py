@@ -268,22 +268,27 @@ def test_the_double_answers_a_stale_update_with_409(double):
     assert api.read_node("gpu-a").spec.unschedulable is True
 
 
+def use_kubeconfig(double, tmp_path, settings, token: str | None = None) -> None:
+    """Point FLOTILLA_KUBECONFIG at a kubeconfig for the double (with a bearer token, if given)."""
+    kubeconfig = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "c", "cluster": {"server": double.url}}],
+        "users": [{"name": "u", "user": {"token": token} if token else {}}],
+        "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+        "current-context": "x",
+    }
+    path = tmp_path / "kubeconfig"
+    path.write_text(yaml.safe_dump(kubeconfig))
+    settings.FLOTILLA_KUBECONFIG = str(path)
+
+
 def test_a_kubeconfig_client_sends_its_token_and_never_logs_it(tmp_path, settings, caplog):
     token = "kube-secret-token-0123456789"
     double = KubeApiDouble(token=token).start()
     try:
         double.add(gpu_node("gpu-a"))
-        kubeconfig = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [{"name": "c", "cluster": {"server": double.url}}],
-            "users": [{"name": "u", "user": {"token": token}}],
-            "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
-            "current-context": "x",
-        }
-        path = tmp_path / "kubeconfig"
-        path.write_text(yaml.safe_dump(kubeconfig))
-        settings.FLOTILLA_KUBECONFIG = str(path)
+        use_kubeconfig(double, tmp_path, settings, token)
         with caplog.at_level(logging.DEBUG):
             api = client.CoreV1Api(kube_client.api_client())
             _, counts = nodes.relist(api)
@@ -307,18 +312,8 @@ def test_the_command_lists_once_through_a_kubeconfig(double, tmp_path, settings)
     from django.core.management import call_command
 
     double.add(gpu_node("gpu-a"))
-    kubeconfig = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "c", "cluster": {"server": double.url}}],
-        "users": [{"name": "u", "user": {}}],
-        "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
-        "current-context": "x",
-    }
-    path = tmp_path / "kubeconfig"
-    path.write_text(yaml.safe_dump(kubeconfig))
+    use_kubeconfig(double, tmp_path, settings)
     settings.FLOTILLA_KUBERNETES = True
-    settings.FLOTILLA_KUBECONFIG = str(path)
     out = StringIO()
 
     call_command("kube_nodes", "--once", "--cluster", "local", stdout=out)
@@ -333,3 +328,18 @@ def test_the_command_refuses_while_discovery_is_off(settings):
     settings.FLOTILLA_KUBERNETES = False
     with pytest.raises(CommandError, match="FLOTILLA_KUBERNETES=true"):
         call_command("kube_nodes", "--once")
+
+
+def test_the_beat_task_lists_through_the_configured_cluster_and_skips_when_off(double, tmp_path, settings):
+    from controlplane import tasks
+
+    double.add(gpu_node("gpu-a"))
+    use_kubeconfig(double, tmp_path, settings)
+
+    settings.FLOTILLA_KUBERNETES = False
+    assert tasks.sync_kube_nodes() == {"skipped": 1}
+    assert not Resource.objects.filter(kind="Node").exists()
+
+    settings.FLOTILLA_KUBERNETES = True
+    assert tasks.sync_kube_nodes() == {"created": 1}
+    assert flotilla_node("gpu-a") is not None

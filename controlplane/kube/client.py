@@ -40,9 +40,14 @@ def api_client() -> client.ApiClient:
             raise ConfigError(f"the in-cluster Kubernetes configuration cannot be used: {exc}") from None
         return client.ApiClient(configuration)
     raise ConfigError(
-        "Kubernetes node discovery needs a cluster: run in a pod with a service account, "
+        "Kubernetes node discovery and the executor need a cluster: run in a pod with a service account, "
         "or set FLOTILLA_KUBECONFIG to a kubeconfig file"
     )
+
+
+def core_api() -> client.CoreV1Api:
+    """The core API (Nodes, Pods) of the configured cluster; ConfigError as api_client."""
+    return client.CoreV1Api(api_client())
 
 
 def server_of(api: client.ApiClient) -> str:

@@ -5,11 +5,10 @@ import threading
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
-from kubernetes import client
 
 from controlplane.envhelpers import ConfigError
 from controlplane.kube import nodes
-from controlplane.kube.client import api_client, server_of
+from controlplane.kube.client import core_api, server_of
 
 
 class Command(BaseCommand):
@@ -23,7 +22,7 @@ class Command(BaseCommand):
         if not settings.FLOTILLA_KUBERNETES:
             raise CommandError("Kubernetes node discovery is off; set FLOTILLA_KUBERNETES=true")
         try:
-            api = client.CoreV1Api(api_client())
+            api = core_api()
         except ConfigError as exc:
             raise CommandError(str(exc)) from None
         if options["once"]:

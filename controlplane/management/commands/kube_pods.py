@@ -5,11 +5,10 @@ import threading
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
-from kubernetes import client
 
 from controlplane.envhelpers import ConfigError
 from controlplane.kube import pods
-from controlplane.kube.client import api_client, server_of
+from controlplane.kube.client import core_api, server_of
 
 
 class Command(BaseCommand):
@@ -22,7 +21,7 @@ class Command(BaseCommand):
         if not settings.FLOTILLA_KUBERNETES_EXECUTOR:
             raise CommandError("the Kubernetes executor is off; set FLOTILLA_KUBERNETES_EXECUTOR=true")
         try:
-            api = client.CoreV1Api(api_client())
+            api = core_api()
         except ConfigError as exc:
             raise CommandError(str(exc)) from None
         where = f"{server_of(api.api_client)} namespace {pods.namespace()}"
