@@ -424,7 +424,12 @@ def _place(
     used = {replica_index(w) for w in workloads}
     free_indices = (i for i in range(len(workloads) + missing + 1) if i not in used)
     created = []
+    executors: dict[str | None, dict[str, str]] = {}  # by the node's Cluster, read once per pass
     for placement, index in zip(result.placements[:missing], free_indices, strict=False):
+        node = view.node(placement.node)
+        cluster = node.cluster if node is not None else None
+        if cluster not in executors:
+            executors[cluster] = executor_spec(cluster)
         workload = store.create(
             "Workload",
             workload_name(owner, placement.role, index),
@@ -436,7 +441,7 @@ def _place(
                 "runtime": "train" if role == "train" else "serve",
                 "config": runtime_config(owner),
                 # The node's Cluster says who runs it (controlplane/kube/pods.py).
-                **executor_spec(placement.node),
+                **executors[cluster],
             },
             labels={OWNER_LABEL: owner.name, REPLICA_LABEL: str(index)},
             owner_references=[

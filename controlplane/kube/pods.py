@@ -69,19 +69,13 @@ RESYNC_SECONDS = 15  # run(): a full sync at least this often, watching Pods in 
 # --- which Workloads are ours -------------------------------------------------------------
 
 
-def executor_of(node_name: str) -> str:
-    """The executor of the node's Cluster (``agent`` without a Cluster)."""
-    cluster = Resource.objects.filter(kind="Node", name=node_name).values_list("cluster", flat=True).first()
+def executor_spec(cluster: str | None) -> dict[str, str]:
+    """What a new Workload's spec says about its executor, from its node's Cluster: only
+    the non-default one, so agent-run Workloads keep the spec they always had."""
     if not cluster:
-        return "agent"
+        return {}
     spec = Resource.objects.filter(kind="Cluster", name=cluster).values_list("spec", flat=True).first()
-    return str((spec or {}).get("executor") or "agent")
-
-
-def executor_spec(node_name: str) -> dict[str, str]:
-    """What a new Workload's spec says about its executor: only the non-default one, so
-    agent-run Workloads keep the spec they always had."""
-    return {"executor": "kubernetes"} if executor_of(node_name) == "kubernetes" else {}
+    return {"executor": "kubernetes"} if (spec or {}).get("executor") == "kubernetes" else {}
 
 
 def image() -> str:
