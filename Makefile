@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint format venv clean
+.PHONY: run test validate lint format venv clean
 
 $(BIN)/flotilla: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ format: venv
 test: venv lint
 	$(BIN)/python manage.py makemigrations --check --dry-run
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The simulator checked against the real torch engine (tests/test_sim_validation.py), on its
+# own: a timing measurement wants a quiet machine and a fresh process.
+validate: venv
+	$(BIN)/pytest -m validation -s tests/test_sim_validation.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache test-artifacts
