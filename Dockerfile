@@ -48,6 +48,8 @@ RUN python -m venv /opt/flotilla
 ENV PATH=/opt/flotilla/bin:$PATH
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY common ./common
+COPY cli ./cli
 COPY controlplane ./controlplane
 COPY agents ./agents
 COPY plugins ./plugins

@@ -27,8 +27,8 @@ import httpx
 from agents import devices as device_discovery
 from agents import power, telemetry
 from agents.supervisor import Supervisor
-from controlplane.client import Client, ClientError
-from controlplane.envhelpers import flotilla_home
+from common.client import Client, ClientError
+from common.envhelpers import flotilla_home
 
 log = logging.getLogger("flotilla.agent")
 WATCH_SECONDS = 25

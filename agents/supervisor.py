@@ -28,7 +28,7 @@ from typing import Any
 
 import httpx
 
-from controlplane.ports import free_port
+from common.ports import free_port
 
 log = logging.getLogger("flotilla.agent.supervisor")
 RUNTIMES = {"serve", "train"}

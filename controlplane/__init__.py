@@ -1,5 +1,6 @@
-"""The Flotilla control plane: resource store, REST API, reconcilers and CLI.
+"""The Flotilla control plane: the resource store, the REST API and the reconcilers.
 
-This package's ``__init__`` stays empty on purpose: agents and plugins import
-``controlplane.specs`` without Django or Celery being loaded.
+The only writer of desired state (DESIGN §1). It imports ``common`` and ``plugins``;
+nothing in ``common``, ``plugins`` or ``agents`` imports it back, so an agent runs
+without Django or Celery (``tests/test_layering.py`` holds that line).
 """

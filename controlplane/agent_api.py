@@ -17,13 +17,13 @@ from django.db import transaction
 from django.http import HttpRequest
 from pydantic import TypeAdapter, ValidationError
 
+from common.specs import MAX_DEVICES, Device, Metadata, name_problem
 from controlplane import auth, scopes, store
 from controlplane.api import endpoint, json_body
 from controlplane.apply import pydantic_problems
 from controlplane.conditions import is_true
 from controlplane.controllers import nodes
 from controlplane.errors import Forbidden, Invalid
-from controlplane.specs import MAX_DEVICES, Device, Metadata, name_problem
 from controlplane.telemetry import store as telemetry_store
 
 _DEVICE_LIST = TypeAdapter(list[Device])

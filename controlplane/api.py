@@ -19,12 +19,12 @@ from django.db import connection, transaction
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
+from common.specs import BY_PLURAL, KindInfo, kind_for
+from common.timeutil import rfc3339
 from controlplane import apply as applier
 from controlplane import auth, events, openapi, scopes, store, users, watch, yamldocs
 from controlplane.errors import ApiError, Conflict, Invalid, NotFound, TooLarge
 from controlplane.models import ApiToken, AuditEntry, Event, Resource
-from controlplane.specs import BY_PLURAL, KindInfo, kind_for
-from controlplane.timeutil import rfc3339
 from plugins import manager
 
 log = logging.getLogger(__name__)

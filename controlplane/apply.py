@@ -13,10 +13,10 @@ from typing import Any
 from django.db import transaction
 from pydantic import BaseModel, ValidationError
 
+from common.specs import API_VERSION, KINDS, KindInfo, Metadata
 from controlplane import events, store
 from controlplane.errors import Conflict, Invalid
 from controlplane.policies import PolicyProblem, resolve
-from controlplane.specs import API_VERSION, KINDS, KindInfo, Metadata
 from plugins import manager
 
 TOP_LEVEL = {"apiVersion", "kind", "metadata", "spec", "status"}

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 
 from django.conf import settings
 
+from common.timeutil import now
 from controlplane.errors import Forbidden, Unauthorized
 from controlplane.models import ApiToken
-from controlplane.timeutil import now
 
 log = logging.getLogger(__name__)
 ROLE_RANK = {"viewer": 1, "agent": 1, "operator": 2, "admin": 3}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from controlplane.timeutil import now, rfc3339
+from common.timeutil import now, rfc3339
 
 
 def get_condition(status: dict[str, Any], type_: str) -> dict[str, Any] | None:

@@ -1,4 +1,10 @@
-"""A tiny error hierarchy (kopf style) shared by the API and the reconcilers."""
+"""A tiny error hierarchy (kopf style) shared by the API and the reconcilers.
+
+``ApiError`` and its subclasses become JSON error bodies. A reconcile raises
+``TemporaryError`` to be retried after a delay; any other exception is not retried
+(there is no ``PermanentError``: retrying a broken spec cannot help, and the next
+write or the periodic resync runs the reconcile again anyway).
+"""
 
 from __future__ import annotations
 
@@ -64,7 +70,3 @@ class TemporaryError(Exception):
     def __init__(self, message: str, delay: float = 5.0):
         super().__init__(message)
         self.delay = delay
-
-
-class PermanentError(Exception):
-    """Retrying will not help until the spec changes."""

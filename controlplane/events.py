@@ -8,8 +8,8 @@ from typing import Any
 
 from django.db import transaction
 
+from common.timeutil import now, rfc3339
 from controlplane.models import AuditEntry, Event, Resource
-from controlplane.timeutil import now, rfc3339
 
 log = logging.getLogger(__name__)
 DEDUP_WINDOW = timedelta(hours=1)

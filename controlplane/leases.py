@@ -13,8 +13,8 @@ from datetime import timedelta
 
 from django.db import IntegrityError, transaction
 
+from common.timeutil import now
 from controlplane.models import Lease
-from controlplane.timeutil import now
 
 
 def acquire(key: str, ttl: float) -> str | None:

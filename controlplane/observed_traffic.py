@@ -48,13 +48,13 @@ from django.db import transaction
 from django.db.models import Max, Min
 
 from agents.runtimes.serve.metrics import LENGTH_BUCKETS, length_key
+from common.timeutil import now as utcnow
+from common.timeutil import parse_rfc3339, rfc3339
 from controlplane import store
 from controlplane.errors import NotFound
 from controlplane.models import Resource
 from controlplane.telemetry.models import RawSample
 from controlplane.telemetry.store import QUERY_CHUNK, raw_seconds
-from controlplane.timeutil import now as utcnow
-from controlplane.timeutil import parse_rfc3339, rfc3339
 
 log = logging.getLogger(__name__)
 

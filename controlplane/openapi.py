@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from controlplane.specs import API_VERSION, KINDS
+from common.specs import API_VERSION, KINDS
 
 JSON = "application/json"
 

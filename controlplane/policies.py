@@ -10,6 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from common.problems import Problem
 from controlplane.models import Resource
 from plugins import manager
 from plugins.types import Plugin
@@ -17,10 +18,11 @@ from plugins.types import Plugin
 DEFAULTS = {"scheduler": "binpack"}
 
 
-class PolicyProblem(ValueError):
-    def __init__(self, message: str, fix: str):
-        super().__init__(message)
-        self.fix = fix
+class PolicyProblem(Problem):
+    """A policy name that resolves to no usable plugin; ``fix`` says what to apply or name."""
+
+    def __init__(self, message: str, fix: str, field: str = ""):
+        super().__init__(message, field, fix)
 
 
 def resolve(

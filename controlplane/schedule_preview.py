@@ -12,10 +12,10 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from common.specs import DeploymentSpec
 from controlplane import fleet, store
 from controlplane.controllers.owners import placement_request, scheduler_for
 from controlplane.policies import PolicyProblem, resolve
-from controlplane.specs import DeploymentSpec
 from plugins.planning import PlanProblem, colocated_plan
 from plugins.types import FleetView, SchedulePlan
 

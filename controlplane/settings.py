@@ -12,7 +12,7 @@ from pathlib import Path
 
 import dj_database_url
 
-from controlplane.envhelpers import (
+from common.envhelpers import (
     ConfigError,
     envbool,
     envfloat,

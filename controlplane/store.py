@@ -15,11 +15,11 @@ from typing import Any
 from django.db import transaction
 from django.db.models import F
 
+from common.specs import API_VERSION, KINDS
+from common.timeutil import now, rfc3339
 from controlplane import dispatch
 from controlplane.errors import Conflict, NotFound
 from controlplane.models import Change, Counter, Resource
-from controlplane.specs import API_VERSION, KINDS
-from controlplane.timeutil import now, rfc3339
 
 RV_COUNTER = "resource_version"
 

@@ -14,8 +14,8 @@ from typing import Any
 from django.contrib.auth.models import Group, User
 from django.db import transaction
 
+from common.specs import name_problem
 from controlplane.errors import Invalid
-from controlplane.specs import name_problem
 
 ROLES = ("viewer", "operator", "admin")
 

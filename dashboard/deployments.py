@@ -29,16 +29,16 @@ from django.urls import path
 from django.utils.safestring import SafeString
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
+from common.specs import KINDS
+from common.timeutil import now
 from controlplane import api, store
 from controlplane import apply as applier
 from controlplane.conditions import is_true
 from controlplane.controllers.owners import replica_index
 from controlplane.errors import ApiError, Invalid
 from controlplane.models import Event, Resource
-from controlplane.specs import KINDS
 from controlplane.telemetry import store as telemetry
 from controlplane.telemetry.models import RawSample
-from controlplane.timeutil import now
 from dashboard.applypage import parse_text, plan_rows, problem_view
 from dashboard.charts import Series, line_chart
 from dashboard.common import actor, badge, page_of, querystring

@@ -19,9 +19,9 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.urls import path
 
+from common.specs import KINDS, NAME_MAX, kind_for
+from common.timeutil import now
 from controlplane.models import AuditEntry, Event
-from controlplane.specs import KINDS, NAME_MAX, kind_for
-from controlplane.timeutil import now
 from dashboard.common import page_of, querystring
 from dashboard.roles import needs
 

@@ -24,12 +24,12 @@ from django.shortcuts import render
 from django.urls import path
 from django.utils.safestring import SafeString
 
+from common.timeutil import now, parse_rfc3339
 from controlplane.conditions import get_condition, is_true
 from controlplane.controllers.owners import owned_workloads, workload_name
 from controlplane.models import Event, Resource, WorkloadLog
 from controlplane.telemetry import store as telemetry
 from controlplane.telemetry.models import RawSample
-from controlplane.timeutil import now, parse_rfc3339
 from dashboard.charts import Series, line_chart
 from dashboard.common import number, page_of, querystring
 from dashboard.roles import needs

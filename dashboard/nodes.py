@@ -23,15 +23,15 @@ from django.utils.safestring import SafeString
 from django.views.decorators.http import require_POST
 from pydantic import ValidationError
 
+from common.specs import NodeSpec
+from common.timeutil import now, parse_rfc3339
 from controlplane import events, store
 from controlplane.conditions import get_condition, is_true
 from controlplane.controllers.nodes import last_heartbeat
 from controlplane.drain import cordon, drain_node
 from controlplane.errors import NotFound
 from controlplane.models import Event, Resource
-from controlplane.specs import NodeSpec
 from controlplane.telemetry import store as telemetry
-from controlplane.timeutil import now, parse_rfc3339
 from dashboard.charts import Series, line_chart
 from dashboard.common import actor, number, page_of, pct, querystring
 from dashboard.roles import needs

@@ -15,7 +15,8 @@ from typing import Any
 import pluggy
 from pydantic import BaseModel, ValidationError
 
-from controlplane.envhelpers import ConfigError, envbool, envlist
+from common.envhelpers import ConfigError, envbool, envlist
+from common.problems import Problem
 from plugins import hookspecs
 from plugins.types import PLUGIN_KINDS, Plugin
 
@@ -28,14 +29,8 @@ _HOOK_FOR_KIND = {
 }
 
 
-class PluginError(ValueError):
+class PluginError(Problem):
     """A plugin name or its parameters cannot be used; ``field`` says where."""
-
-    def __init__(self, message: str, field: str = "", fix: str = "", errors: list | None = None):
-        super().__init__(message)
-        self.field = field
-        self.fix = fix
-        self.errors = errors or []
 
 
 _lock = threading.Lock()

@@ -77,6 +77,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from scipy import sparse
 from scipy.optimize import Bounds, LinearConstraint, milp
 
+from common.problems import Problem
+
 __all__ = [
     "GpuOption",
     "MixError",
@@ -186,7 +188,7 @@ class MixSolution:
         }
 
 
-class MixError(ValueError):
+class MixError(Problem):
     """Input that cannot be solved at all; the message names the field and the fix.
 
     ``field`` is the path in the ``plan mix`` input format (``gpus.H100.pricePerHour``),
@@ -194,10 +196,10 @@ class MixError(ValueError):
     """
 
     def __init__(self, field: str, message: str, fix: str):
-        self.field = field
-        self.message = message
-        self.fix = fix
-        super().__init__(f"{field}: {message} (fix: {fix})")
+        super().__init__(message, field, fix)
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message} (fix: {self.fix})"
 
 
 # --- validation ---------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from common.problems import Problem
 from plugins.binpack import gpu_matches, node_eligible
 from plugins.sim import (
     HARDWARE,
@@ -50,13 +51,11 @@ MIN_REQUESTS_PER_INSTANCE = 200
 SIMULATED_SECONDS = 60.0
 
 
-class PlanProblem(ValueError):
+class PlanProblem(Problem):
     """The Deployment cannot be planned as written; ``field`` and ``fix`` say what to change."""
 
     def __init__(self, message: str, field: str, fix: str):
-        super().__init__(message)
-        self.field = field
-        self.fix = fix
+        super().__init__(message, field, fix)
 
 
 @dataclass

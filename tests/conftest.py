@@ -10,10 +10,10 @@ import pytest
 import yaml
 from django.test import Client
 
+from common.timeutil import now
 from controlplane.auth import create_token, verified
 from controlplane.controllers import nodes
 from controlplane.models import NodeLease
-from controlplane.timeutil import now
 
 API = "/api/v1"
 

@@ -18,9 +18,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from controlplane.cli.stack import Stack, backend_env
-from controlplane.client import Client, ClientError
-from controlplane.ports import free_port
+from cli.stack import Stack, backend_env
+from common.client import Client, ClientError
+from common.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -103,7 +103,7 @@ class RunningStack:
     def cli(self, *args: str, input_text: str | None = None) -> subprocess.CompletedProcess:
         env = dict(os.environ, FLOTILLA_SERVER=self.stack.url, FLOTILLA_TOKEN=self.token)
         return subprocess.run(
-            [sys.executable, "-m", "controlplane.cli.main", *args],
+            [sys.executable, "-m", "cli.main", *args],
             env=env,
             capture_output=True,
             text=True,

@@ -7,12 +7,12 @@ from typing import Any
 
 import pytest
 
+from common.specs import KINDS
 from controlplane import watch
 from controlplane.auth import create_token
 from controlplane.conditions import is_true
 from controlplane.controllers import owners
 from controlplane.models import Change, Resource
-from controlplane.specs import KINDS
 from tests.conftest import Api, deployment, simulated_devices
 from tests.test_api import error_of, policy
 

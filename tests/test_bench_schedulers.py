@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.cli import bench_schedulers
-from controlplane.cli.bench_schedulers import (
+from cli import bench_schedulers
+from cli.bench_schedulers import (
     balanced_routing,
     demand_of,
     fleet_of,
@@ -19,7 +19,7 @@ from controlplane.cli.bench_schedulers import (
     spec_for,
     with_poisson_arrivals,
 )
-from controlplane.cli.main import main
+from cli.main import main
 from plugins.planning import profile_for
 from plugins.sim import LengthDist, Request, gamma, poisson, simulate
 

@@ -7,13 +7,13 @@ from typing import Any
 
 import pytest
 
+from common.specs import WORKLOAD_FINALIZER
+from common.timeutil import now, rfc3339
 from controlplane import leases, store
 from controlplane.apply import apply
 from controlplane.conditions import get_condition, is_true, set_condition
 from controlplane.controllers import clusters, nodes, owners
 from controlplane.models import Change, Event, Lease, NodeLease, Resource
-from controlplane.specs import WORKLOAD_FINALIZER
-from controlplane.timeutil import now, rfc3339
 from tests.conftest import age_lease, deployment
 
 pytestmark = pytest.mark.django_db

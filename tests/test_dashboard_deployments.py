@@ -13,12 +13,12 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.utils.html import escape
 
+from common.timeutil import now
 from controlplane import store
 from controlplane.apply import apply
 from controlplane.controllers import owners
 from controlplane.models import AuditEntry, Resource
 from controlplane.telemetry import store as telemetry
-from controlplane.timeutil import now
 from dashboard.deployments import editable_yaml
 from tests.conftest import deployment, logged_in
 from tests.test_sizing_controller import CLUSTER, sized

@@ -11,13 +11,13 @@ from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
+from common.timeutil import now
 from controlplane import store
 from controlplane.apply import apply
 from controlplane.controllers import nodes, owners
 from controlplane.drain import cordon, drain_node
 from controlplane.models import AuditEntry, Event, Resource
 from controlplane.telemetry import store as telemetry
-from controlplane.timeutil import now
 from controlplane.users import create_or_reset
 from tests.conftest import age_lease, deployment, logged_in
 

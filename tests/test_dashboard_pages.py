@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 from django.test import Client
 
+from common.timeutil import now
 from controlplane import logs_api, store
 from controlplane.apply import apply
 from controlplane.controllers import owners
 from controlplane.models import AuditEntry, Event, Resource
 from controlplane.telemetry import store as telemetry
-from controlplane.timeutil import now
 from tests.conftest import deployment, logged_in
 
 pytestmark = pytest.mark.django_db

@@ -12,7 +12,7 @@ import signal
 import pytest
 import yaml
 
-from controlplane.client import ClientError
+from common.client import ClientError
 from tests.conftest import deployment
 from tests.e2e import backend_label, condition, running_stack, wait_for
 

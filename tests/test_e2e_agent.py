@@ -14,7 +14,7 @@ import httpx
 import pytest
 import yaml
 
-from controlplane.client import Client, ClientError
+from common.client import Client, ClientError
 from tests.conftest import deployment
 from tests.e2e import condition, running_stack, wait_for
 

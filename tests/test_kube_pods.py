@@ -15,11 +15,11 @@ import pytest
 from kubernetes import client
 
 from agents.supervisor import Supervisor
+from common.envhelpers import ConfigError
 from controlplane import store
 from controlplane.apply import apply
 from controlplane.conditions import get_condition
 from controlplane.controllers import owners
-from controlplane.envhelpers import ConfigError
 from controlplane.kube import pods
 from controlplane.models import Event, Resource
 from tests.conftest import deployment

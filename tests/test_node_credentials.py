@@ -7,10 +7,10 @@ from datetime import timedelta
 
 import pytest
 
+from common.timeutil import now
 from controlplane.apply import apply
 from controlplane.controllers import nodes, owners
 from controlplane.models import NodeLease, Resource
-from controlplane.timeutil import now
 from tests.conftest import Api, age_lease, deployment, simulated_devices
 from tests.test_api import error_of
 

@@ -12,11 +12,11 @@ from agents.agent import flat_numbers
 from agents.runtimes.serve.engine import Engine
 from agents.runtimes.serve.metrics import LENGTH_BUCKETS, ServingMetrics
 from agents.runtimes.serve.sampling import SamplingParams
+from common.specs import LengthHistogram
 from controlplane import observed_traffic, store, tasks
 from controlplane.apply import apply
 from controlplane.controllers import owners
 from controlplane.observed_traffic import Measurement, Reading, observation, replica_rate
-from controlplane.specs import LengthHistogram
 from controlplane.telemetry import store as telemetry
 from controlplane.telemetry.schema import MAX_METRICS, METRIC_NAME_RE, TelemetrySample
 from plugins.planning import PlanProblem, demand_of

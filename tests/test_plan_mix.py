@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from controlplane.cli.plan_mix import EXIT_INPUT_ERROR, EXIT_OK, EXIT_PARTIAL, run
+from cli.plan_mix import EXIT_INPUT_ERROR, EXIT_OK, EXIT_PARTIAL, run
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -176,7 +176,7 @@ def test_a_power_budget_shows_in_the_table(tmp_path, capsys):
 
 def test_the_module_does_not_load_django():
     code = (
-        "import sys, controlplane.cli.plan_mix; "
+        "import sys, cli.plan_mix; "
         "bad = [m for m in sys.modules if m.split('.')[0] in ('django', 'celery')]; "
         "assert not bad, bad"
     )

@@ -11,9 +11,9 @@ import torch
 import yaml
 
 from agents.runtimes.serve.profiling import Grid, Target, fit_error_percent, measure, validate
-from controlplane.cli.main import main
-from controlplane.cli.profile import profile_name
-from controlplane.specs import NAME_MAX, ProfileSpec, name_problem
+from cli.main import main
+from cli.profile import profile_name
+from common.specs import NAME_MAX, ProfileSpec, name_problem
 from plugins.planning import demand_of, profile_for
 from plugins.sim import GpuProfile, LengthDist, ModelShape
 from tests.conftest import deployment
@@ -276,8 +276,8 @@ class ApiApplier:
 
 
 def test_a_stored_profile_replaces_the_estimate_in_planning(admin, capsys):
-    from controlplane.cli import profile as cli
-    from controlplane.cli.main import build_parser
+    from cli import profile as cli
+    from cli.main import build_parser
     from controlplane.fleet import snapshot
 
     args = build_parser().parse_args(CLI)
@@ -293,9 +293,9 @@ def test_a_stored_profile_replaces_the_estimate_in_planning(admin, capsys):
 
 
 def test_a_server_that_refuses_says_the_profile_was_not_stored(capsys):
-    from controlplane.cli import profile as cli
-    from controlplane.cli.main import build_parser
-    from controlplane.client import ClientError
+    from cli import profile as cli
+    from cli.main import build_parser
+    from common.client import ClientError
 
     class Refusing(ApiApplier):
         def apply(self, text: str, dry_run: bool = False) -> dict:

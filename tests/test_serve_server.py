@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from controlplane.ports import free_port
+from common.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = {

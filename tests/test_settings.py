@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from controlplane import envhelpers
-from controlplane.envhelpers import ConfigError, envbool, envfloat, envint, envlist, envstr, flotilla_home
+from common import envhelpers
+from common.envhelpers import ConfigError, envbool, envfloat, envint, envlist, envstr, flotilla_home
 
 ROOT = Path(__file__).resolve().parent.parent
 

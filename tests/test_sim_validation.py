@@ -24,7 +24,7 @@ import time
 import pytest
 
 from agents.runtimes.serve.profiling import Grid, Target, capacity, measure, validate
-from controlplane.cli.profile import DEFAULT_UTILISATION, validation_table
+from cli.profile import DEFAULT_UTILISATION, validation_table
 from plugins.sim import LengthDist
 
 # A timing measurement, like a benchmark: inside the full suite, on CI's shared 2-core host,

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from controlplane import specs
-from controlplane.specs import KINDS, Metadata, kind_for, name_problem
+from common import specs
+from common.specs import KINDS, Metadata, kind_for, name_problem
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -321,7 +321,7 @@ def test_json_schemas_name_the_contract_fields():
 def test_pure_modules_import_without_django():
     code = (
         "import sys\n"
-        "import controlplane.specs, plugins.types, plugins.binpack, plugins.manager, agents.devices\n"
+        "import common.specs, plugins.types, plugins.binpack, plugins.manager, agents.devices\n"
         "loaded = sorted(m for m in sys.modules if m == 'django' or m.startswith('django.'))\n"
         "print('DJANGO:' + ','.join(loaded))\n"
     )

@@ -15,10 +15,10 @@ import time
 import pytest
 from django.db import connection, transaction
 
+from common.specs import KINDS
 from controlplane import store
 from controlplane.api import delete
 from controlplane.apply import apply
-from controlplane.specs import KINDS
 from tests.conftest import deployment
 
 pytestmark = pytest.mark.django_db(transaction=True)

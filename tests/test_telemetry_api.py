@@ -6,8 +6,8 @@ from datetime import timedelta
 
 import pytest
 
+from common.timeutil import now, rfc3339
 from controlplane.telemetry import store
-from controlplane.timeutil import now, rfc3339
 
 
 def sample(utilization: float, power: float) -> dict:

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
+from common.timeutil import now as utcnow
 from controlplane.errors import Invalid
 from controlplane.telemetry import store
 from controlplane.telemetry.models import MinuteSample, RawSample
-from controlplane.timeutil import now as utcnow
 
 pytestmark = pytest.mark.django_db
 

@@ -17,8 +17,8 @@ from tokenizers import decoders as tk_decoders
 from agents.runtimes.serve.engine import Engine
 from agents.runtimes.serve.sampling import SamplingParams
 from agents.runtimes.tokenizer import ByteTokenizer, FileTokenizer, load_tokenizer
-from controlplane.ports import free_port
-from controlplane.specs import ModelSource
+from common.ports import free_port
+from common.specs import ModelSource
 
 CORPUS = ["the fleet serves models", "the fleet trains models", "gpus serve the fleet"] * 20
 

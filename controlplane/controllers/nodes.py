@@ -15,10 +15,10 @@ from typing import Any
 from django.conf import settings
 from django.db import transaction
 
+from common.timeutil import now, rfc3339
 from controlplane import events, store
 from controlplane.conditions import is_true, set_condition
 from controlplane.models import NodeLease, Resource
-from controlplane.timeutil import now, rfc3339
 
 SOURCE = "node-lifecycle"
 

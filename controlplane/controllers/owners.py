@@ -16,12 +16,13 @@ from typing import Any, NamedTuple
 from django.db import transaction
 from pydantic import BaseModel, ValidationError
 
+from common.specs import KINDS, WORKLOAD_FINALIZER, DeploymentSpec, TrainingJobSpec
 from controlplane import events, fleet, store
 from controlplane.conditions import is_true, set_condition
+from controlplane.controllers.workload_config import runtime_config
 from controlplane.kube.pods import executor_spec
 from controlplane.models import Event, Resource
 from controlplane.policies import PolicyProblem, resolve
-from controlplane.specs import KINDS, WORKLOAD_FINALIZER, DeploymentSpec, TrainingJobSpec
 from plugins.planning import PlanProblem
 from plugins.types import FleetView, PlacementRequest, SchedulePlan
 
@@ -37,17 +38,6 @@ def role_of(kind: str) -> str:
 
 def desired_replicas(kind: str, spec: DeploymentSpec | TrainingJobSpec) -> int:
     return spec.replicas if isinstance(spec, DeploymentSpec) else 1
-
-
-def runtime_config(owner: Resource) -> dict[str, Any]:
-    """What the Workload's runtime process needs from its owner's spec."""
-    spec = owner.spec
-    config: dict[str, Any] = {"model": spec.get("model", {})}
-    if owner.kind == "TrainingJob":
-        config.update(data=spec.get("data", {}), steps=spec.get("steps"), batchSize=spec.get("batchSize"))
-    # spec.runtime: only what is set, so the runtime's own defaults apply to the rest.
-    config.update({k: v for k, v in (spec.get("runtime") or {}).items() if v is not None})
-    return config
 
 
 def workload_name(owner: Resource, role: str, index: int) -> str:

@@ -13,7 +13,7 @@ from django.conf import settings
 from kubernetes import client, config
 from kubernetes.config.config_exception import ConfigException
 
-from controlplane.envhelpers import ConfigError
+from common.envhelpers import ConfigError
 
 SERVICE_ACCOUNT_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
 

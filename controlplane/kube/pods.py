@@ -47,9 +47,9 @@ from typing import TYPE_CHECKING, Any
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections, transaction
 
+from common.envhelpers import ConfigError
 from controlplane import events, store
 from controlplane.conditions import set_condition
-from controlplane.envhelpers import ConfigError
 from controlplane.kube.pod_manifest import GENERATION_ANNOTATION, MANAGED_BY, UID_LABEL, manifest, namespace
 from controlplane.kube.pod_status import observed
 from controlplane.kube.watching import Expired, backoff, describe, watch_pass

@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from controlplane.envhelpers import ConfigError
+from common.envhelpers import ConfigError
 
 WATCHED = frozenset({"ADDED", "MODIFIED", "DELETED"})
 

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from controlplane.specs import MAX_DEVICES, name_problem
+from common.specs import MAX_DEVICES, name_problem
 
 MAX_WORKLOADS = 256
 MAX_METRICS = 64

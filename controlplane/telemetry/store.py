@@ -21,12 +21,12 @@ from django.db import transaction
 from django.db.models import Max
 from pydantic import ValidationError
 
-from controlplane.envhelpers import envint
+from common.envhelpers import envint
+from common.timeutil import now as utcnow
+from common.timeutil import rfc3339
 from controlplane.errors import Invalid
 from controlplane.telemetry.models import COLUMN_STEMS, MinuteSample, RawSample
 from controlplane.telemetry.schema import DEVICE_METRICS, TelemetrySample, problems
-from controlplane.timeutil import now as utcnow
-from controlplane.timeutil import rfc3339
 
 RAW_SECONDS_ENV = "FLOTILLA_TELEMETRY_RAW_SECONDS"
 MINUTE_SECONDS_ENV = "FLOTILLA_TELEMETRY_MINUTE_SECONDS"

@@ -11,12 +11,12 @@ from typing import Any
 
 from django.http import HttpRequest
 
+from common.specs import name_problem
+from common.timeutil import now, parse_rfc3339, rfc3339
 from controlplane.api import endpoint, int_param
 from controlplane.errors import Invalid, NotFound
 from controlplane.models import Resource
-from controlplane.specs import name_problem
 from controlplane.telemetry import store
-from controlplane.timeutil import now, parse_rfc3339, rfc3339
 
 DEFAULT_RANGE_SECONDS = 3600
 DEFAULT_LIMIT = 2000

@@ -6,7 +6,7 @@ import threading
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from controlplane.envhelpers import ConfigError
+from common.envhelpers import ConfigError
 from controlplane.kube import pods
 from controlplane.kube.client import core_api, server_of
 

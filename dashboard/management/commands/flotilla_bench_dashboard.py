@@ -21,11 +21,11 @@ from django.core.management.base import BaseCommand
 from django.test import Client
 
 from agents.runtimes.serve.metrics import percentile
+from common.timeutil import now
 from controlplane.apply import apply
 from controlplane.controllers import nodes, owners
 from controlplane.models import AuditEntry, Event, Resource
 from controlplane.telemetry.models import MinuteSample, RawSample
-from controlplane.timeutil import now
 from controlplane.users import create_or_reset
 
 GPU_TYPES = {"H100": (81559, 700.0, 4.5), "A100-80GB": (81920, 400.0, 2.9), "L4": (23034, 72.0, 0.8)}

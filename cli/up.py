@@ -8,10 +8,10 @@ import sys
 import time
 from pathlib import Path
 
-from controlplane.cli.main import read_files
-from controlplane.cli.stack import PYTHON, Stack
-from controlplane.client import Client, ClientError, load_config, write_config
-from controlplane.envhelpers import envint, flotilla_home
+from cli.main import read_files
+from cli.stack import PYTHON, Stack
+from common.client import Client, ClientError, load_config, write_config
+from common.envhelpers import envint, flotilla_home
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from controlplane.timeutil import age, parse_rfc3339
+from common.timeutil import age, parse_rfc3339
 
 
 def condition(document: dict[str, Any], type_: str) -> str:

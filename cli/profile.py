@@ -24,8 +24,9 @@ from typing import Any, Protocol, TextIO
 
 import yaml
 
-from controlplane.cli.output import dump, table
-from controlplane.specs import NAME_MAX, ProfileSpec, name_problem
+from cli.output import dump, table
+from common.problems import Problem
+from common.specs import NAME_MAX, ProfileSpec, name_problem
 
 GPU_TYPE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 # The validation workload: short chat-like requests that fit the builtin models' 512 tokens.
@@ -37,12 +38,15 @@ DEFAULT_OUTPUTS = (16, 64)
 DEFAULT_UTILISATION = 0.5
 
 
-class ProfileError(ValueError):
+class ProfileError(Problem):
     """A flag that cannot be used as given; the message names it and says what to do."""
 
     def __init__(self, flag: str, message: str, fix: str):
-        self.flag, self.fix = flag, fix
-        super().__init__(f"{flag}: {message} (fix: {fix})")
+        super().__init__(message, flag, fix)
+        self.flag = flag
+
+    def __str__(self) -> str:
+        return f"{self.flag}: {self.message} (fix: {self.fix})"
 
 
 class Applier(Protocol):
@@ -280,7 +284,7 @@ def _print(fmt: str, document: dict[str, Any], measurement: Any, validation: Any
 
 
 def _client(args: argparse.Namespace) -> Applier:
-    from controlplane.client import Client
+    from common.client import Client
 
     return Client(getattr(args, "server", None), getattr(args, "token", None))
 
@@ -288,7 +292,7 @@ def _client(args: argparse.Namespace) -> Applier:
 def _store(document: dict[str, Any], connect: Callable[[], Applier], out: TextIO, err: TextIO) -> int:
     """Store it through the apply endpoint, as ``flotilla apply`` does. The document is
     already printed, so a refused or unreachable server costs no re-measurement."""
-    from controlplane.client import ClientError
+    from common.client import ClientError
 
     client = connect()
     try:

@@ -28,11 +28,11 @@ from typing import Any
 import httpx
 import yaml
 
-from controlplane.cli import bench_http
-from controlplane.cli.bench import GPU_MEMORY_MIB, add_backend_args, on_each_backend, percentile
-from controlplane.cli.output import table
-from controlplane.cli.stack import Stack
-from controlplane.ports import free_port
+from cli import bench_http
+from cli.bench import GPU_MEMORY_MIB, add_backend_args, on_each_backend, percentile
+from cli.output import table
+from cli.stack import Stack
+from common.ports import free_port
 
 WATCH_SECONDS = 20
 

@@ -26,10 +26,10 @@ from typing import Any
 import yaml
 
 from agents.runtimes.serve.metrics import percentile as nearest_rank
-from controlplane.cli.output import table
-from controlplane.cli.stack import Stack, backend_env
-from controlplane.client import Client, ClientError
-from controlplane.ports import free_port
+from cli.output import table
+from cli.stack import Stack, backend_env
+from common.client import Client, ClientError
+from common.ports import free_port
 
 GPU_MEMORY_MIB = 81559
 
@@ -85,15 +85,15 @@ def add_bench_parser(sub: Any) -> None:
 
     add_serve_bench(benches)
 
-    from controlplane.cli.bench_agents import add_parser as add_agents_bench
+    from cli.bench_agents import add_parser as add_agents_bench
 
     add_agents_bench(benches)
 
-    from controlplane.cli.bench_dashboard import add_parser as add_dashboard_bench
+    from cli.bench_dashboard import add_parser as add_dashboard_bench
 
     add_dashboard_bench(benches)
 
-    from controlplane.cli.bench_schedulers import add_parser as add_schedulers_bench
+    from cli.bench_schedulers import add_parser as add_schedulers_bench
 
     add_schedulers_bench(benches)
 

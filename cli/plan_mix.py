@@ -6,7 +6,7 @@ sustains at the SLO on each (input length × output length) bucket, and the work
 histogram over those buckets, it prints the cost-optimal count per type. It runs locally
 and never loads Django or talks to a server, so it works before there is a cluster.
 
-Usage (wired into ``flotilla`` by ``controlplane.cli.main``)::
+Usage (wired into ``flotilla`` by ``cli.main``)::
 
     flotilla plan mix -f input.json [-o json] [--time-limit S]
 
@@ -50,7 +50,7 @@ from typing import Any, TextIO
 
 import yaml
 
-from controlplane.cli.output import table
+from cli.output import table
 from plugins.mixsolver import MixError, MixProblem, MixSolution, problem_from_json, solve
 
 EXIT_OK = 0

@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from controlplane.cli import output
-from controlplane.client import Client, ClientError
-from controlplane.specs import KINDS, kind_for
+from cli import output
+from common.client import Client, ClientError
+from common.specs import KINDS, kind_for
 
 YAML_SUFFIXES = {".yaml", ".yml", ".json"}
 
@@ -68,7 +68,7 @@ def cmd_apply(args: argparse.Namespace, client: Client) -> int:
         if args.dry_run and item["action"] != "unchanged":
             print_diff(item["diff"])
         if item.get("schedule"):
-            from controlplane.cli.plan_table import render
+            from cli.plan_table import render
 
             print("  scheduling:")
             print("\n".join("    " + line for line in render(item["schedule"]).splitlines()))
@@ -284,8 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     from agents.cli import add_agent_parser
-    from controlplane.cli.bench import add_bench_parser
-    from controlplane.cli.profile import add_profile_parser
+    from cli.bench import add_bench_parser
+    from cli.profile import add_profile_parser
 
     add_agent_parser(sub)
     add_bench_parser(sub)
@@ -311,13 +311,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "up":
-            from controlplane.cli.up import run_up
+            from cli.up import run_up
 
             return run_up(args)
         if args.command in ("agent", "bench", "profile"):
             return args.handler(args)
         if args.command == "plan" and args.what == "mix":
-            from controlplane.cli import plan_mix
+            from cli import plan_mix
 
             return plan_mix.run(args.filename[0], output=args.output, time_limit_s=args.time_limit)
         client = Client(args.server, args.token)

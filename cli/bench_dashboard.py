@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from controlplane.cli.bench import add_backend_args, on_each_backend
-from controlplane.cli.output import table
-from controlplane.cli.stack import PYTHON, Stack
+from cli.bench import add_backend_args, on_each_backend
+from cli.output import table
+from cli.stack import PYTHON, Stack
 
 TARGET_MS = 300.0
 

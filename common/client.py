@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import yaml
 
-from controlplane.envhelpers import flotilla_home
+from common.envhelpers import flotilla_home
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 
