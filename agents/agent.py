@@ -1,8 +1,9 @@
 """The node agent: register, heartbeat, watch this node's Workloads, supervise them.
 
-Three loops share one stop event: heartbeats (with telemetry), the watch of
-the Workloads bound to this node, and the supervisor pass that starts, checks
-and reports processes. The agent is robust to the control plane going away:
+Three loops share one stop event: heartbeats (with telemetry; their answers
+carry the power limits controllers want, which the power backend applies), the
+watch of the Workloads bound to this node, and the supervisor pass that starts,
+checks and reports processes. The agent is robust to the control plane going away:
 running Workloads keep running, calls retry with jittered backoff, and the
 watch resumes from its last resourceVersion (re-listing on 410 Gone).
 
@@ -75,6 +76,7 @@ class Agent:
         self.power = power.make_backend(
             self.power_backend, self.devices, confirm=self.power_backend == "nvml"
         )
+        self.power_limits = power.LimitFollower(self.power)
         self.lock = threading.Lock()
         self.node: Client | None = None
         self.reported: dict[str, dict[str, Any]] = {}
@@ -116,6 +118,8 @@ class Agent:
             self.token_path.write_text(result["token"])
             self.node = Client(self.server, result["token"], timeout=WATCH_SECONDS + 20)
             self.interval = min(self.interval, float(result.get("heartbeatSeconds", self.interval)))
+            # A new registration may be a new Node: apply and report its desired limits afresh.
+            self.power_limits.forget()
             log.info("registered node %s with %d devices", self.name, len(self.devices))
             return
         raise last_error or ClientError("no token to register with: pass --token")
@@ -144,15 +148,29 @@ class Agent:
 
     # --- loops -----------------------------------------------------------------------
 
+    def heartbeat(self) -> dict[str, Any]:
+        """One heartbeat: telemetry, and what the power backend applied since the last one,
+        out; the desired power limits back, applied before the next heartbeat reports them."""
+        if self.node is None:
+            self.register()
+        report = self.power_limits.report
+        body = {"name": self.name, "telemetry": self.telemetry(), **(report or {})}
+        try:
+            answer = self.node.request("POST", "/api/v1/agent/heartbeat", json=body)
+        except ClientError as exc:
+            if exc.status == 422 and report is not None:
+                # Refused: dropped, so that the next heartbeat (without it) keeps the node alive.
+                self.power_limits.sent(report)
+            raise
+        self.power_limits.sent(report)
+        self.power_limits.follow(answer.get("powerLimits"))
+        return answer
+
     def heartbeat_loop(self) -> None:
         failures = 0
         while not self.stop_event.is_set():
             try:
-                if self.node is None:
-                    self.register()
-                self.node.request(
-                    "POST", "/api/v1/agent/heartbeat", json={"name": self.name, "telemetry": self.telemetry()}
-                )
+                self.heartbeat()
                 failures, wait = 0, self.interval
             except ClientError as exc:
                 failures += 1

@@ -9,13 +9,18 @@ tests and benchmarks use ``simulate``.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from typing import Any, Protocol, runtime_checkable
 
 from agents.telemetry import default_limit, guarded, nvml, power_model
 
+log = logging.getLogger("flotilla.agent.power")
 BACKENDS = ("off", "simulate", "nvml")
+# What the control plane accepts in a report (controlplane/power.py).
+MAX_ERROR_CHARS = 1000
+MAX_WATTS = 10_000.0
 
 
 class PowerBackendError(RuntimeError):
@@ -28,6 +33,10 @@ class PowerBackend(Protocol):
 
     def set_limit(self, index: int, watts: float) -> float:
         """Apply a power limit to one device; return the watts actually applied (after clamping)."""
+        ...
+
+    def clear_limit(self, index: int) -> float:
+        """Lift the cap: put the device back at its board's default limit; return it in watts."""
         ...
 
     def limits(self) -> dict[int, float]:
@@ -54,6 +63,12 @@ class OffBackend:
         raise PowerBackendError(
             f"cannot set device {index}'s power limit to {watts} W: the power backend is off "
             "(observe only); start the agent with --power-backend simulate or nvml to apply limits"
+        )
+
+    def clear_limit(self, index: int) -> float:
+        raise PowerBackendError(
+            f"cannot put device {index}'s power limit back to its default: the power backend is off "
+            "(observe only)"
         )
 
     def limits(self) -> dict[int, float]:
@@ -98,15 +113,22 @@ class SimulatedBackend:
             )
             self._limits[index] = top
 
-    def set_limit(self, index: int, watts: float) -> float:
+    def _constraint(self, index: int) -> tuple[float, float]:
         if index not in self.constraints:
             raise PowerBackendError(
                 f"device {index} has no power limit to set; known devices: {sorted(self.constraints)}"
             )
-        low, high = self.constraints[index]
+        return self.constraints[index]
+
+    def set_limit(self, index: int, watts: float) -> float:
+        low, high = self._constraint(index)
         applied = min(high, max(low, _finite(watts)))
         self._limits[index] = applied
         return applied
+
+    def clear_limit(self, index: int) -> float:
+        self._limits[index] = self._constraint(index)[1]
+        return self._limits[index]
 
     def limits(self) -> dict[int, float]:
         return dict(self._limits)
@@ -153,6 +175,14 @@ class NvmlBackend:
         module.nvmlDeviceSetPowerManagementLimit(handle, milliwatts)
         return milliwatts / 1000.0
 
+    def clear_limit(self, index: int) -> float:
+        self._check_allowed()
+        module = nvml()
+        if module is None:
+            raise PowerBackendError("NVML is not available on this machine (no driver or no nvidia-ml-py)")
+        handle = module.nvmlDeviceGetHandleByIndex(index)
+        return self.set_limit(index, module.nvmlDeviceGetPowerManagementDefaultLimit(handle) / 1000.0)
+
     def limits(self) -> dict[int, float]:
         return OffBackend(self.devices).limits()
 
@@ -166,3 +196,83 @@ def make_backend(name: str, devices: list[dict[str, Any]], confirm: bool = False
     if name == "nvml":
         return NvmlBackend(devices, confirm=confirm)
     raise ValueError(f"unknown power backend {name!r}; use one of: {', '.join(BACKENDS)}")
+
+
+class LimitFollower:
+    """Applies the control plane's desired limits (the heartbeat answer's ``powerLimits``)
+    through a backend, and keeps the report for the next heartbeat.
+
+    Only a change is applied: a GPU whose desired value is what was applied last time is
+    left alone, so a steady answer costs nothing. A failure (the backend is off, a GPU
+    the board does not have) is reported, not retried every heartbeat; ``forget`` makes
+    the next answer count as new, as after a re-registration. Nothing here raises: the
+    heartbeat loop must keep the node alive whatever the power backend does.
+    """
+
+    def __init__(self, backend: PowerBackend):
+        self.backend = backend
+        self.seen: dict[int, float | None] = {}
+        # The power fields for the next heartbeat, until the control plane has taken them.
+        self.report: dict[str, Any] | None = None
+        self._warned_off = False
+        self._malformed: list[str] = []
+
+    def forget(self) -> None:
+        self.seen = {}
+
+    def follow(self, desired: Any) -> None:
+        """Apply what changed in ``desired`` ({"INDEX": watts or None}); set ``report``."""
+        wanted, errors = parse_limits(desired)
+        changed = {i: w for i, w in wanted.items() if i not in self.seen or self.seen[i] != w}
+        if not changed and errors == self._malformed:
+            return
+        self.seen.update(changed)
+        self._malformed = list(errors)
+        if self.backend.name == "off" and changed:
+            if not self._warned_off:
+                log.warning(
+                    "the control plane asks for power limits but the power backend is off (observe "
+                    "only); start the agent with --power-backend simulate or nvml to apply them"
+                )
+                self._warned_off = True
+            errors.append("the power backend is off (observe only): no limit was changed")
+            changed = {}
+        for index, watts in sorted(changed.items()):
+            try:
+                if watts is None:
+                    applied = self.backend.clear_limit(index)
+                else:
+                    applied = self.backend.set_limit(index, watts)
+                log.info("GPU %d power limit %s W (asked %s)", index, applied, watts or "default")
+            except Exception as exc:  # NVML raises its own error types; none may stop the heartbeats
+                errors.append(f"GPU {index}: {exc}")
+                log.warning("GPU %d: power limit %s not applied: %s", index, watts, exc)
+        self.report = {
+            "appliedPowerLimits": {
+                str(i): w for i, w in self.backend.limits().items() if math.isfinite(w) and 0 < w <= MAX_WATTS
+            },
+            "powerBackend": self.backend.name,
+            "powerError": "; ".join(errors)[:MAX_ERROR_CHARS] or None,
+        }
+
+    def sent(self, report: dict[str, Any] | None) -> None:
+        """The control plane took (or refused) ``report``: stop sending it."""
+        if report is not None and self.report is report:
+            self.report = None
+
+
+def parse_limits(desired: Any) -> tuple[dict[int, float | None], list[str]]:
+    """The well-formed entries of a ``powerLimits`` answer, and what was wrong with the rest."""
+    if desired is None:
+        return {}, []
+    if not isinstance(desired, dict):
+        return {}, [f"powerLimits is not an object: {type(desired).__name__}"]
+    wanted: dict[int, float | None] = {}
+    errors = []
+    for key, watts in list(desired.items())[:1024]:
+        number = isinstance(watts, int | float) and not isinstance(watts, bool) and math.isfinite(watts)
+        if not (isinstance(key, str) and key.isdecimal() and (watts is None or (number and watts > 0))):
+            errors.append(f"powerLimits.{str(key)[:8]}: {str(watts)[:16]} is not a GPU index and watts")
+            continue
+        wanted[int(key)] = None if watts is None else float(watts)
+    return wanted, errors

@@ -15,7 +15,8 @@ With ``--trace`` a BurstGPT CSV is a fourth workload: the schedulers size for it
 rate and length histogram exactly as for the synthetic ones, and then every allocation is
 also replayed on the trace's own arrival times and lengths, and on the same requests arriving
 as a Poisson stream: the planners predict on Poisson arrivals, and the two replays separate
-what the bursts cost from what the planners' model of the traffic misses.
+what the bursts cost from what the planners' model of the traffic misses. Loading and
+replaying a trace is the simulator's (``plugins.sim.trace``); the router is here.
 
 No database and no server: the schedulers are called as plugins on a FleetView.
 """
@@ -23,20 +24,17 @@ No database and no server: the schedulers are called as plugins on a FleetView.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
-import os
 import random
-import statistics
 import sys
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from scipy.optimize import linprog
 
+from common.specs import DeploymentSpec
 from plugins.binpack import Binpack, BinpackParams
 from plugins.distserve import DistServe, DistServeParams, colocated_goodput
 from plugins.melange import Melange, MelangeParams
@@ -48,15 +46,16 @@ from plugins.sim import (
     SHAPES,
     GpuProfile,
     Request,
-    RequestResult,
-    SimResult,
-    load_burstgpt,
+    Trace,
+    TraceError,
+    load_trace,
     mixed_80_20,
+    replay,
     short_chat,
-    simulate,
     summarisation,
+    with_poisson_arrivals,
 )
-from plugins.sim.workload import BURSTGPT_COLUMNS
+from plugins.sim.trace import SAMPLE_TRACE
 from plugins.types import FleetView, Gpu, NodeView, PlacementRequest
 
 LLAMA_8B = SHAPES["llama-3-8b"].to_config()
@@ -70,7 +69,6 @@ WORKLOADS = [
 # A replayed trace mixes short chat turns with long prompts, as the 80/20 mix does: its SLO.
 TRACE_SLO = (3000.0, 100.0)
 WORKLOAD_KEYS = {"chat": "short chat", "summarisation": "summarisation", "mix": "80/20 mix", "trace": "trace"}
-SAMPLE_TRACE = "examples/traces/burstgpt-sample.csv"
 # The papers' headline ranges, printed beside what this run measured.
 MELANGE_PAPER = "Mélange: 9-77% lower cost than the best single GPU type at the same SLO"
 DISTSERVE_PAPER = "DistServe: up to 4.48x more requests (goodput) within the SLO"
@@ -130,7 +128,8 @@ def spec_for(requests: list, rate: float, ttft: float, tpot: float, disaggregati
 
 
 def request_for(spec: dict, replicas: int = 1, gpu_types: list[str] | None = None) -> PlacementRequest:
-    return PlacementRequest("Deployment", "bench", replicas, gpu_types=gpu_types or [], spec=spec)
+    deployment = DeploymentSpec.model_validate(spec)
+    return PlacementRequest("Deployment", "bench", replicas, gpu_types=gpu_types or [], deployment=deployment)
 
 
 def row(policy: str, plan_dict: dict[str, Any]) -> dict[str, Any]:
@@ -179,12 +178,12 @@ def bench_workload(
     melange = Melange().plan(request=request_for(spec), fleet=fleet, params=MelangeParams()).to_dict()
     rows.append(row("melange", melange))
     if replay_requests:
-        demand = demand_of(spec)
+        demand = demand_of(DeploymentSpec.model_validate(spec))
         smoothed = with_poisson_arrivals(requests)
         for r in rows:
             if r["replicas"]:
-                r["replayPoisson"] = replay(smoothed, r["replicas"], demand, fleet)
-                r["replay"] = replay(requests, r["replicas"], demand, fleet)
+                r["replayPoisson"] = replay_allocation(smoothed, r["replicas"], demand, fleet)
+                r["replay"] = replay_allocation(requests, r["replicas"], demand, fleet)
     result: dict[str, Any] = {
         "workload": name,
         "requestsPerSecond": rate,
@@ -204,137 +203,15 @@ def bench_workload(
     return result
 
 
-class TraceError(ValueError):
-    """A trace flag that cannot be used; the message names the flag and what to do."""
-
-
-@dataclass
-class Trace:
-    """A BurstGPT trace to replay: its requests (arrivals from 0, sorted) and where they came from."""
-
-    path: str
-    requests: list[Request]
-    time_scale: float = 1.0
-    model: str | None = None
-
-    @property
-    def name(self) -> str:
-        return f"trace {os.path.basename(self.path)}"
-
-    @property
-    def duration_s(self) -> float:
-        return self.requests[-1].arrival_s
-
-    @property
-    def rate(self) -> float:
-        """Requests over duration: the mean rate the planners size for."""
-        return len(self.requests) / self.duration_s
-
-    @property
-    def cv(self) -> float:
-        """Coefficient of variation of the inter-arrival gaps: 1 for Poisson, more for bursts."""
-        gaps = [b.arrival_s - a.arrival_s for a, b in zip(self.requests, self.requests[1:], strict=False)]
-        return statistics.pstdev(gaps) / statistics.fmean(gaps)
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "file": os.path.basename(self.path),
-            "path": self.path,
-            "model": self.model,
-            "timeScale": self.time_scale,
-            "requests": len(self.requests),
-            "durationS": round(self.duration_s, 3),
-            "requestsPerSecond": round(self.rate, 4),
-            "interArrivalCv": round(self.cv, 3),
-        }
-
-
-def load_trace(path: str, time_scale: float = 1.0, model: str | None = None) -> Trace:
-    """The ``--trace`` file as a Trace; TraceError says which flag to change and how."""
-    header = ",".join((*BURSTGPT_COLUMNS, "Total tokens", "Log Type"))
-    if not time_scale > 0 or not math.isfinite(time_scale):
-        raise TraceError(
-            f"--time-scale must be a positive number (0.5 replays twice as fast), got {time_scale:g}"
-        )
-    if not os.path.isfile(path):
-        raise TraceError(f"--trace {path}: no such file; give a BurstGPT CSV, e.g. --trace {SAMPLE_TRACE}")
-    try:
-        requests = load_burstgpt(path, time_scale=time_scale, model=model)
-    except UnicodeDecodeError:
-        raise TraceError(f"--trace {path}: not UTF-8 text; --trace takes a BurstGPT CSV ({header})") from None
-    except (OSError, ValueError) as exc:
-        raise TraceError(f"--trace {exc}; --trace takes a BurstGPT CSV ({header})") from None
-    if not requests:
-        raise TraceError(f"--trace {path}: no usable rows: {_why_empty(path, model)}")
-    if requests[-1].arrival_s <= 0:
-        raise TraceError(
-            f"--trace {path}: {len(requests)} usable request(s), all at one timestamp; "
-            "a rate needs at least two requests at different times"
-        )
-    return Trace(path, requests, time_scale, model)
-
-
-def _why_empty(path: str, model: str | None) -> str:
-    """Why a trace that loaded has no requests, for its error message."""
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        reader.fieldnames = [name.strip() for name in reader.fieldnames or []]
-        rows = [(row.get("Model") or "").strip() for row in reader]
-    if not rows:
-        return "the file has a header and no rows"
-    if model is not None and model not in rows:
-        found = ", ".join(sorted(set(rows)))
-        return f"no row has Model {model!r} (the file has {found}); fix --trace-model or leave it out"
-    which = f"{model} rows" if model is not None else "rows"
-    return f"all {which} have 0 response tokens, BurstGPT's failed requests, which are dropped"
-
-
-def deal(
-    requests: list[Request], routing: dict[str, list[float]], demand: Demand
-) -> dict[str | None, list[Request]]:
-    """Each request to a GPU type by its bucket's routing shares, deterministically: within a
-    bucket, to the type furthest behind its share. ``None`` collects what no type takes."""
-    streams: dict[str | None, list[Request]] = {t: [] for t in routing}
-    streams[None] = []
-    owed: dict[int, dict[str | None, float]] = {}
-    for r in requests:
-        bucket = demand.buckets.index(r.input_tokens, r.output_tokens)
-        shares: dict[str | None, float] = {t: s[bucket] for t, s in routing.items()}
-        shares[None] = max(0.0, 1.0 - sum(shares.values()))
-        credit = owed.setdefault(bucket, dict.fromkeys(shares, 0.0))
-        for t, share in shares.items():
-            credit[t] += share
-        pick = max(credit, key=lambda t: credit[t])
-        credit[pick] -= 1.0
-        streams[pick].append(r)
-    return streams
-
-
-def replay(
+def replay_allocation(
     requests: list[Request], replicas: dict[str, int], demand: Demand, fleet: FleetView
 ) -> dict[str, Any]:
-    """Serve the trace's own requests on ``replicas`` (type → count): each request to a type by
-    :func:`balanced_routing`, each type's replicas behind a least-loaded dispatcher.
-    Requests for a type without a profile count as misses."""
+    """Serve the trace's own requests on ``replicas`` (type → count) with the profiles the
+    planners use, each request to a type by :func:`balanced_routing`. Requests for a type
+    without a profile count as misses."""
     profiles = {t: p for t, n in replicas.items() if n > 0 and (p := profile_for(t, demand, fleet))}
     routing = balanced_routing({t: replicas[t] for t in profiles}, profiles, demand)
-    results: list[RequestResult] = []
-    for gpu_type, stream in deal(requests, routing, demand).items():
-        if gpu_type is None:
-            results += [
-                RequestResult(r.id, r.arrival_s, math.inf, math.inf, math.inf, 0, True) for r in stream
-            ]
-        elif stream:
-            results += simulate(stream, profiles[gpu_type], instances=replicas[gpu_type]).requests
-    outcome = SimResult(results, requests[-1].arrival_s if requests else 0.0, sum(replicas.values()))
-    summary = outcome.summary()
-    ttft, tpot = summary["ttftMs"]["p90"], summary["tpotMs"]["p90"]
-    return {
-        "sloAttainment": round(outcome.attainment(demand.slo.ttft_ms, demand.slo.tpot_ms), 4),
-        "ttftP90Ms": round(ttft, 2) if ttft is not None else None,
-        "tpotP90Ms": round(tpot, 3) if tpot is not None else None,
-        "requests": len(results),
-    }
+    return replay(requests, replicas, profiles, routing, demand.buckets, demand.slo)
 
 
 def balanced_routing(
@@ -376,21 +253,10 @@ def balanced_routing(
     return routing
 
 
-def with_poisson_arrivals(requests: list[Request], seed: int = 1) -> list[Request]:
-    """The same requests in the same order, arriving as a Poisson stream at their mean rate:
-    replayed beside the trace, it separates what the bursts cost from what the lengths do."""
-    rate = len(requests) / requests[-1].arrival_s
-    rng, at, out = random.Random(seed), 0.0, []
-    for r in requests:
-        out.append(Request(r.id, at, r.input_tokens, r.output_tokens))
-        at += rng.expovariate(rate)
-    return out
-
-
 def goodput_comparison(requests, rate, ttft, tpot, types, per_type) -> dict[str, Any]:
     """Per-GPU goodput: the best colocated replica type vs the distserve plan."""
     spec = spec_for(requests, rate, ttft, tpot, disaggregation="auto")
-    demand = demand_of(spec)
+    demand = demand_of(DeploymentSpec.model_validate(spec))
     fleet = fleet_of(types, per_type)
     colocated = {}
     for gpu_type in types:

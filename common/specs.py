@@ -3,6 +3,11 @@
 Pure Python (pydantic only) so that agents, plugins, the simulator and unit
 tests import it without Django. Field names are the API contract (DESIGN §2):
 later work adds fields and never renames them.
+
+The fields that name a Policy (``spec.policies.*``, ``spec.checkpoint.policy``) and
+``PolicySpec.type`` come from ``plugins.types.PLUGIN_KIND_TABLE``: the one import the
+ground floor makes from above it, allowed because ``plugins.types`` imports nothing
+from Flotilla at run time. A kind added there gets its spec fields here.
 """
 
 from __future__ import annotations
@@ -11,7 +16,17 @@ import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    create_model,
+    field_validator,
+    model_validator,
+)
+
+from plugins.types import PluginKind, selectors
 
 API_VERSION = "flotilla.dev/v1"
 NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -150,31 +165,30 @@ class ServingWorkload(Spec):
     )
 
 
-class DeploymentPolicies(Spec):
-    scheduler: Name | None = None
-    cache: Name | None = None
-
-    _names = field_validator("scheduler", "cache")(classmethod(lambda cls, v: _check_name(v)))
+# The name of a Policy, or of a plugin run with its defaults (controlplane/policies.py).
+PolicyName = Annotated[Name | None, AfterValidator(_check_name)]
 
 
-class ClusterPolicies(Spec):
-    scheduler: Name | None = None
-    powercap: Name | None = None
+def _policies_model(model_name: str, owner: str) -> type[Spec]:
+    """``owner``'s ``spec.policies``: one optional name per kind the kinds table lets it select there."""
+    prefix = "spec.policies."
+    fields: dict[str, Any] = {
+        selector.path.removeprefix(prefix): (PolicyName, None)
+        for _, selector in selectors(owner)
+        if selector.path.startswith(prefix)
+    }
+    return create_model(model_name, __base__=Spec, __module__=__name__, **fields)
 
-    _names = field_validator("scheduler", "powercap")(classmethod(lambda cls, v: _check_name(v)))
 
-
-class TrainingPolicies(Spec):
-    scheduler: Name | None = None
-
-    _names = field_validator("scheduler")(classmethod(lambda cls, v: _check_name(v)))
+DeploymentPolicies = _policies_model("DeploymentPolicies", "Deployment")  # scheduler, cache
+ClusterPolicies = _policies_model("ClusterPolicies", "Cluster")  # scheduler, powercap
+TrainingPolicies = _policies_model("TrainingPolicies", "TrainingJob")  # scheduler
 
 
 class CheckpointSpec(Spec):
-    policy: Name | None = None
+    # The checkpointer kind's selector in the kinds table (spec.checkpoint.policy).
+    policy: PolicyName = None
     everySteps: int = Field(default=100, ge=1)
-
-    _names = field_validator("policy")(classmethod(lambda cls, v: _check_name(v)))
 
 
 class DataSource(Spec):
@@ -208,7 +222,7 @@ class NodeSpec(Spec):
 
 
 class PolicySpec(Spec):
-    type: Literal["scheduler", "cache", "checkpointer", "powercap"]
+    type: PluginKind
     plugin: Name
     params: dict[str, Any] = Field(default_factory=dict)
 

@@ -18,12 +18,12 @@ from django.http import HttpRequest
 from pydantic import TypeAdapter, ValidationError
 
 from common.specs import MAX_DEVICES, Device, Metadata, name_problem
-from controlplane import auth, scopes, store
-from controlplane.api import endpoint, json_body
+from controlplane import auth, power, scopes, store
 from controlplane.apply import pydantic_problems
 from controlplane.conditions import is_true
 from controlplane.controllers import nodes
 from controlplane.errors import Forbidden, Invalid
+from controlplane.http import endpoint, json_body
 from controlplane.telemetry import store as telemetry_store
 
 _DEVICE_LIST = TypeAdapter(list[Device])
@@ -45,6 +45,24 @@ def _devices(value: Any) -> list[dict[str, Any]]:
             "device indices repeat", [{"field": "devices", "fix": "give each device its own index"}]
         )
     return [d.model_dump(mode="json") for d in devices]
+
+
+def _power_report(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The power limits the agent applied (docs/agent.md, "Power limits"), or None if it sent none."""
+    sent = {key: body[key] for key in power.PowerReport.model_fields if body.get(key) is not None}
+    if not sent:
+        return None
+    applied = sent.get("appliedPowerLimits")
+    if not isinstance(applied, dict) or len(applied) > MAX_DEVICES:
+        raise Invalid(
+            f"appliedPowerLimits must be an object of at most {MAX_DEVICES} GPUs",
+            [{"field": "appliedPowerLimits", "fix": 'send {"GPU_INDEX": WATTS, ...} with powerBackend'}],
+        )
+    try:
+        return power.PowerReport.model_validate(sent).as_status()
+    except ValidationError as exc:
+        problems = pydantic_problems(None, "", power.PowerReport, exc)
+        raise Invalid("the power report is malformed", problems) from None
 
 
 def _agent_body(request: HttpRequest) -> tuple[dict[str, Any], str]:
@@ -114,8 +132,10 @@ def heartbeat_view(request: HttpRequest) -> dict[str, Any]:
             [{"field": "name", "fix": "register first and heartbeat with the node token it returns"}],
         )
     devices = _devices(body["devices"]) if body.get("devices") is not None else None
-    version = nodes.heartbeat(name, devices)
-    answer: dict[str, Any] = {"resourceVersion": str(version), "at": time.time()}
+    beat = nodes.heartbeat(name, devices, _power_report(body))
+    answer: dict[str, Any] = {"resourceVersion": str(beat.resource_version), "at": time.time()}
+    if beat.power_limits:
+        answer["powerLimits"] = beat.power_limits
     if body.get("telemetry") is not None:
         # The heartbeat counts even when its telemetry is refused: a telemetry bug on
         # a node must not make a live node look dead.

@@ -1,100 +1,34 @@
 """The REST API under /api/v1/ (plain Django views, JSON in and out).
 
-Token auth only (no cookies), so these views are CSRF-exempt by design; the
-dashboard's cookie-authenticated forms keep CSRF protection.
+The views are wrapped by ``controlplane.http.endpoint`` (token auth, roles, JSON
+errors). Functions that do the work without a request (``delete``) return plain
+outcomes, so the dashboard calls the same code and only the views build responses.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import connection, transaction
 from django.http import HttpRequest, JsonResponse
-from django.views.decorators.csrf import csrf_exempt
 
 from common.specs import BY_PLURAL, KindInfo, kind_for
 from common.timeutil import rfc3339
 from controlplane import apply as applier
-from controlplane import auth, events, openapi, scopes, store, users, watch, yamldocs
-from controlplane.errors import ApiError, Conflict, Invalid, NotFound, TooLarge
-from controlplane.models import ApiToken, AuditEntry, Event, Resource
+from controlplane import auth, events, openapi, policies, power, scopes, store, users, watch, yamldocs
+from controlplane.errors import Conflict, Invalid, NotFound
+from controlplane.http import endpoint, int_param, json_body, read_body
+from controlplane.models import ApiToken, AuditEntry, Event
 from plugins import manager
 
 log = logging.getLogger(__name__)
-
-
-def endpoint(methods: dict[str, str], node_scoped_reads: bool = False) -> Callable:
-    """Wrap a view: check the method, authenticate, require the role, render errors.
-
-    ``node_scoped_reads`` lets a node's own token read through this view; the view
-    then limits it to that node's objects with :func:`scopes.check_read`.
-    """
-
-    def decorate(view: Callable[..., Any]) -> Callable[..., JsonResponse]:
-        @csrf_exempt
-        @functools.wraps(view)
-        def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> JsonResponse:
-            try:
-                if request.method not in methods:
-                    return JsonResponse(
-                        {
-                            "error": {
-                                "code": "MethodNotAllowed",
-                                "message": f"use {', '.join(methods)}",
-                            }
-                        },
-                        status=405,
-                    )
-                principal = auth.authenticate(request.headers.get("Authorization"))
-                needed = methods[request.method]
-                if not (node_scoped_reads and needed == "viewer" and principal.node_name):
-                    auth.require(principal, needed)
-                request.principal = principal  # type: ignore[attr-defined]
-                result = view(request, *args, **kwargs)
-                if isinstance(result, JsonResponse):
-                    return result
-                return JsonResponse(result, safe=False, json_dumps_params={"separators": (",", ":")})
-            except ApiError as exc:
-                return JsonResponse(exc.body(), status=exc.status)
-            except Exception:
-                log.exception("unhandled error in %s %s", request.method, request.path)
-                return JsonResponse(
-                    {
-                        "error": {
-                            "code": "InternalError",
-                            "message": "internal error; see the server log",
-                        }
-                    },
-                    status=500,
-                )
-
-        return wrapper
-
-    return decorate
-
-
-def read_body(request: HttpRequest) -> bytes:
-    limit = settings.FLOTILLA_MAX_BODY_BYTES
-    declared = int(request.META.get("CONTENT_LENGTH") or 0)
-    if declared > limit:
-        raise TooLarge(
-            f"body is {declared} bytes; the limit is {limit}",
-            [{"field": "", "fix": "send less, or raise FLOTILLA_MAX_BODY_BYTES"}],
-        )
-    return request.read(limit + 1)
-
-
-def json_body(request: HttpRequest) -> Any:
-    body = read_body(request)
-    docs = yamldocs.parse(body, settings.FLOTILLA_MAX_BODY_BYTES, 1)
-    return docs[0]
 
 
 def kind_info(plural: str) -> KindInfo:
@@ -120,19 +54,6 @@ def parse_selector(text: str | None, what: str = "labelSelector") -> dict[str, s
             )
         selector[key.strip()] = value.strip().removeprefix("=")
     return selector
-
-
-def int_param(request: HttpRequest, name: str, default: int, lo: int, hi: int) -> int:
-    raw = request.GET.get(name)
-    if raw in (None, ""):
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise Invalid(
-            f"{name} must be an integer", [{"field": name, "fix": f"send {name}=<integer>"}]
-        ) from None
-    return max(lo, min(hi, value))
 
 
 # --- resources ------------------------------------------------------------------------
@@ -190,41 +111,45 @@ def object_view(request: HttpRequest, plural: str, name: str) -> Any:
         outcome = applier.replace(json_body(request), info.kind, name, request.principal.name)
         document = store.to_document(store.get(info.kind, name))
         return {**document, "action": outcome.action}
-    return delete(info, name, request.principal.name)
+    deleted = delete(info, name, request.principal.name)
+    if deleted.gone:
+        body = {"status": "deleted", "kind": deleted.kind, "name": deleted.name}
+    else:
+        body = {"status": "deleting", "object": deleted.document}
+    return JsonResponse(body, status=deleted.status_code)
 
 
-def delete(info: KindInfo, name: str, actor: str) -> JsonResponse:
+@dataclass(frozen=True)
+class Deleted:
+    """What a delete did: the object is gone, or it is deleting (finalizers still
+    run, ``document`` shows it with its deletionTimestamp)."""
+
+    kind: str
+    name: str
+    document: dict[str, Any] | None = None
+
+    @property
+    def gone(self) -> bool:
+        return self.document is None
+
+    @property
+    def status_code(self) -> int:
+        """The HTTP status the API answers with: 200 gone, 202 accepted and still deleting."""
+        return 200 if self.gone else 202
+
+
+def delete(info: KindInfo, name: str, actor: str) -> Deleted:
+    """Delete (or start deleting) one object, audited; a Policy still named is a Conflict."""
     with transaction.atomic():
         resource = store.get(info.kind, name, for_update=True)
-        if info.kind == "Policy":
-            users = policy_users(name)
-            if users:
-                raise Conflict(
-                    f"policy/{name} is used by {', '.join(users[:5])}",
-                    [
-                        {
-                            "field": "metadata.name",
-                            "fix": "point those objects at another policy first",
-                        }
-                    ],
-                )
+        if info.kind == "Policy" and (named_by := policies.users_of(name)):
+            raise Conflict(
+                f"policy/{name} is used by {', '.join(named_by[:5])}",
+                [{"field": "metadata.name", "fix": "point those objects at another policy first"}],
+            )
         gone = store.request_delete(resource)
         events.audit(actor, "delete", info.kind, name)
-        if gone:
-            return JsonResponse({"status": "deleted", "kind": info.kind, "name": name}, status=200)
-        document = store.to_document(resource)
-    return JsonResponse({"status": "deleting", "object": document}, status=202)
-
-
-def policy_users(policy: str) -> list[str]:
-    users = []
-    for kind, name, spec in Resource.objects.filter(
-        kind__in=["Deployment", "TrainingJob", "Cluster"]
-    ).values_list("kind", "name", "spec"):
-        named = set((spec.get("policies") or {}).values()) | {(spec.get("checkpoint") or {}).get("policy")}
-        if policy in named:
-            users.append(f"{kind.lower()}/{name}")
-    return users
+        return Deleted(info.kind, name, None if gone else store.to_document(resource))
 
 
 @endpoint({"PUT": "agent"})
@@ -241,7 +166,10 @@ def status_view(request: HttpRequest, plural: str, name: str) -> dict[str, Any]:
             scopes.is_node_token(principal) and scopes.owns(principal, info.kind, resource)
         ):
             raise scopes.deny(principal, f"write the status of {info.kind.lower()}/{name}")
-        store.update_status(resource, body["status"])
+        status = body["status"]
+        if info.kind == "Node" and principal.role == "agent":
+            status = power.keep_controller_keys(resource.status, status)
+        store.update_status(resource, status)
         return store.to_document(resource)
 
 

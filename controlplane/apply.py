@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 from common.specs import API_VERSION, KINDS, KindInfo, Metadata
 from controlplane import events, store
 from controlplane.errors import Conflict, Invalid
-from controlplane.policies import PolicyProblem, resolve
+from controlplane.policies import PolicyProblem, plugin_for, references, resolve
 from plugins import manager
 
 TOP_LEVEL = {"apiVersion", "kind", "metadata", "spec", "status"}
@@ -181,33 +181,19 @@ def check_references(parsed: list[Parsed]) -> list[dict[str, Any]]:
         seen[key] = item.index
         if item.info.kind == "Policy":
             try:
-                impl = manager.get(item.spec["type"], item.spec["plugin"])
-                manager.validate_params(impl, item.spec.get("params", {}))
+                plugin_for(item.spec)
             except manager.PluginError as exc:
-                details = exc.errors or [{"field": exc.field, "message": str(exc)}]
                 problems += [
-                    {
-                        "document": item.index,
-                        "field": d["field"],
-                        "message": d["message"],
-                        "fix": exc.fix,
-                    }
-                    for d in details
+                    {"document": item.index, "field": d["field"], "message": d["message"], "fix": exc.fix}
+                    for d in exc.details()
                 ]
             continue
-        references = [
-            (f"spec.policies.{plugin_kind}", plugin_kind, name)
-            for plugin_kind, name in item.spec.get("policies", {}).items()
-            if name
-        ]
-        checkpoint = item.spec.get("checkpoint") or {}
-        if checkpoint.get("policy"):
-            references.append(("spec.checkpoint.policy", "checkpointer", checkpoint["policy"]))
-        for path, plugin_kind, name in references:
+        for path, plugin_kind, name in references(item.info.kind, item.spec):
             try:
                 resolve(plugin_kind, name, pending)
             except PolicyProblem as exc:
-                problems.append({"document": item.index, "field": path, "message": str(exc), "fix": exc.fix})
+                # resolve knows the name, not the field it was written in.
+                problems.append({"document": item.index, **exc.detail(), "field": path})
     return problems
 
 

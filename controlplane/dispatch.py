@@ -4,6 +4,15 @@
 new documents; this module decides which objects need a reconcile and enqueues
 them, coalescing repeats: while an object is already queued, a second enqueue
 is dropped (the queued reconcile will read the latest state anyway).
+
+The reconcile task is sent by its registered name (``RECONCILE_TASK``, which
+``controlplane.tasks`` declares its task under), not by importing the task:
+the tasks import the controllers, the controllers write through ``store``, and
+``store`` calls this module, so importing ``controlplane.tasks`` here closed a
+circle through eleven modules. A name is all a Celery message carries anyway.
+(Store listeners registered in the app config would also break it, but would
+hide who reacts to a write behind configuration; one module that says what to
+reconcile, and sends it by name, is easier to follow.)
 """
 
 from __future__ import annotations
@@ -14,21 +23,22 @@ from typing import Any
 from django.conf import settings
 
 from controlplane import leases
+from controlplane.celeryapp import app
 
 log = logging.getLogger(__name__)
 OWNER_KINDS = ("Deployment", "TrainingJob")
 # A queued flag that was never consumed (lost message) lapses after this; the
 # periodic resync covers the gap.
 QUEUED_TTL = 120.0
+# The name ``controlplane.tasks.reconcile`` is registered under (it names itself with this).
+RECONCILE_TASK = "controlplane.tasks.reconcile"
 
 
 def enqueue(kind: str, name: str, countdown: float = 0) -> bool:
     if leases.acquire(f"queued:{kind}/{name}", QUEUED_TTL) is None:
         return False
-    from controlplane.tasks import reconcile
-
     try:
-        reconcile.apply_async(args=[kind, name], countdown=countdown or None)
+        app.send_task(RECONCILE_TASK, args=[kind, name], countdown=countdown or None)
     except Exception:
         # The broker is down: the resync will pick the object up; do not fail the write.
         leases.release(f"queued:{kind}/{name}")

@@ -15,8 +15,8 @@ from django.db.models import Sum
 from django.http import HttpRequest
 
 from controlplane import scopes, store
-from controlplane.api import endpoint, int_param, json_body
 from controlplane.errors import Invalid, NotFound
+from controlplane.http import endpoint, int_param, json_body
 from controlplane.models import WorkloadLog
 
 MAX_CHUNK = 64 * 1024

@@ -5,6 +5,11 @@ simulator's predicted TTFT/TPOT P90 and SLO attainment for every candidate polic
 side by side, and which one the Deployment's own policy would choose, before they
 apply (dstack and SkyPilot habits). Nothing is written: the schedulers work on a
 private copy of the fleet snapshot.
+
+The candidates are the registered schedulers (``plugins.manager.registry()``: the
+built-ins first, in load order, then installed ones), so a plugin is previewed as
+soon as it is installed. A scheduler that declares ``requires_disaggregation``
+(distserve) is previewed only for Deployments with ``disaggregation: auto``.
 """
 
 from __future__ import annotations
@@ -14,12 +19,11 @@ from typing import Any
 
 from common.specs import DeploymentSpec
 from controlplane import fleet, store
-from controlplane.controllers.owners import placement_request, scheduler_for
+from controlplane.controllers.sizing import placement_request, scheduler_for
 from controlplane.policies import PolicyProblem, resolve
+from plugins import manager
 from plugins.planning import PlanProblem, colocated_plan
 from plugins.types import FleetView, SchedulePlan
-
-CANDIDATES = ("binpack", "spread", "melange", "distserve")
 
 
 class _Owner:
@@ -27,9 +31,8 @@ class _Owner:
 
     kind = "Deployment"
 
-    def __init__(self, name: str, spec: dict[str, Any], observed: dict[str, Any] | None = None):
+    def __init__(self, name: str, observed: dict[str, Any] | None = None):
         self.name = name
-        self.spec = spec
         self.observed = observed  # the stored Deployment's status.observedWorkload, if any
 
 
@@ -37,7 +40,7 @@ def preview(name: str, spec_document: dict[str, Any]) -> dict[str, Any]:
     """Every candidate's plan for the Deployment ``name`` with ``spec_document``."""
     spec = DeploymentSpec.model_validate(spec_document)
     stored = store.find("Deployment", name)
-    owner = _Owner(name, spec_document, stored.status.get("observedWorkload") if stored else None)
+    owner = _Owner(name, stored.status.get("observedWorkload") if stored else None)
     view = fleet.snapshot()
     # The Deployment's own GPUs count as free: the preview sizes it from scratch.
     for node in view.nodes:
@@ -45,12 +48,8 @@ def preview(name: str, spec_document: dict[str, Any]) -> dict[str, Any]:
             if gpu.allocated_to == f"Deployment/{name}":
                 gpu.allocated_to = None
     chosen = _chosen_policy(spec)
-    plans = []
-    for policy in CANDIDATES:
-        if policy == "distserve" and spec.disaggregation != "auto":
-            continue
-        plans.append(_plan_one(policy, owner, spec, view))
-    return {"chosen": chosen, "plans": plans}
+    plans = [_plan_one(policy, owner, spec, view) for policy in manager.registry()["scheduler"]]
+    return {"chosen": chosen, "plans": [plan for plan in plans if plan is not None]}
 
 
 def _chosen_policy(spec: DeploymentSpec) -> str | None:
@@ -59,11 +58,14 @@ def _chosen_policy(spec: DeploymentSpec) -> str | None:
     return None if isinstance(choice, str) else choice[0].name
 
 
-def _plan_one(policy: str, owner: _Owner, spec: DeploymentSpec, view: FleetView) -> dict[str, Any]:
+def _plan_one(policy: str, owner: _Owner, spec: DeploymentSpec, view: FleetView) -> dict[str, Any] | None:
+    """The plan ``policy`` would make; None when it does not apply to this Deployment."""
     try:
         scheduler, params = resolve("scheduler", policy)
     except PolicyProblem as exc:
         return {"policy": policy, "problem": str(exc)}
+    if getattr(scheduler, "requires_disaggregation", False) and spec.disaggregation != "auto":
+        return None
     own = copy.deepcopy(view)
     request = placement_request(owner, spec, spec.replicas)
     request.observed = owner.observed

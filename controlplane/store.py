@@ -197,15 +197,34 @@ def update_status(resource: Resource, status: dict[str, Any]) -> bool:
     return True
 
 
-def set_finalizers(resource: Resource, finalizers: list[str]) -> None:
+def set_finalizers(resource: Resource, finalizers: list[str]) -> bool:
+    """Replace the finalizers; lifting the last one of an object being deleted deletes it.
+    A no-op (no new resourceVersion) when nothing changes; True when it wrote."""
     if finalizers == resource.finalizers:
-        return
+        return False
     old = to_document(resource)
     resource.finalizers = finalizers
     if resource.deletion_timestamp and not finalizers:
         _remove(resource, old)
     else:
         _record(resource, "MODIFIED", old)
+    return True
+
+
+def add_finalizer(resource: Resource, name: str) -> bool:
+    """Hold ``resource`` with the finalizer ``name`` (kopf style: idempotent, nothing
+    written when it is already there); True when it was added."""
+    if name in resource.finalizers:
+        return False
+    return set_finalizers(resource, [*resource.finalizers, name])
+
+
+def remove_finalizer(resource: Resource, name: str) -> bool:
+    """Lift the finalizer ``name``; nothing written when it is not there. Lifting the
+    last finalizer of an object being deleted deletes it. True when it was removed."""
+    if name not in resource.finalizers:
+        return False
+    return set_finalizers(resource, [f for f in resource.finalizers if f != name])
 
 
 def request_delete(resource: Resource) -> bool:

@@ -16,6 +16,7 @@ from django.db import DatabaseError
 from controlplane import leases
 from controlplane import reconcile as runner
 from controlplane.celeryapp import app
+from controlplane.dispatch import RECONCILE_TASK
 from controlplane.errors import TemporaryError
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,8 @@ def jitter(delay: float) -> float:
     return delay * random.uniform(0.5, 1.5)
 
 
-@app.task(bind=True, max_retries=None, acks_late=True, reject_on_worker_lost=True)
+# Named explicitly: controlplane.dispatch sends it by this name, without importing it.
+@app.task(name=RECONCILE_TASK, bind=True, max_retries=None, acks_late=True, reject_on_worker_lost=True)
 def reconcile(self, kind: str, name: str) -> None:
     try:
         runner.run(kind, name)

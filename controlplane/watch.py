@@ -13,11 +13,10 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection
-from django.db.models import Max
 
 from controlplane.errors import Gone
 from controlplane.models import Change, Counter
-from controlplane.watch_hub import hub
+from controlplane.watch_hub import hub, latest_change
 
 POLL_SECONDS = 0.2
 LIMIT = 500
@@ -30,10 +29,6 @@ def current_version() -> int:
 
 def pruned_below() -> int:
     return Counter.objects.filter(name=PRUNED_COUNTER).values_list("value", flat=True).first() or 0
-
-
-def latest_change() -> int:
-    return Change.objects.aggregate(top=Max("id"))["top"] or 0
 
 
 def changes_after(

@@ -7,7 +7,9 @@ keeps the most recent ones in memory, and wakes the waiting requests, which
 then filter what they need without touching the database.
 
 A watch whose ``since`` is older than what the hub keeps is answered from the
-database first (``controlplane.watch``), then waits here.
+database first (``controlplane.watch``), then waits here. This module reads the
+log itself (``latest_change`` lives here, and ``controlplane.watch`` uses it
+from here), so it never imports ``controlplane.watch`` back.
 """
 
 from __future__ import annotations
@@ -20,8 +22,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.db import DatabaseError, close_old_connections, connection
+from django.db.models import Max
 
 log = logging.getLogger(__name__)
+
+
+def latest_change() -> int:
+    """The highest id in the change log (0 when it is empty)."""
+    from controlplane.models import Change
+
+    return Change.objects.aggregate(top=Max("id"))["top"] or 0
 
 
 @dataclass(frozen=True)
@@ -97,8 +107,6 @@ class WatchHub:
                     waiter.offer(seen)
 
     def _run(self) -> None:
-        from controlplane.watch import latest_change
-
         while not self.stopping.is_set():
             try:
                 if self.latest is None:

@@ -1,17 +1,19 @@
 """Policies and the plugins they select.
 
 A Policy names a plugin of its type and its parameters; Deployments, TrainingJobs
-and Clusters name Policies (or plugins directly) under ``policies:`` and
-``checkpoint.policy``. The page answers "what does this policy do, is it valid,
-and what would deleting it break", then lists every installed plugin with its
-parameter schema (what ``GET /api/v1/plugins`` serves), so an operator can write
-a Policy without reading plugin source.
+and Clusters name Policies (or plugins directly) in the fields the kinds table
+(``plugins.types.PLUGIN_KIND_TABLE``) lists. Who names what, and whether a Policy
+is usable, are ``controlplane.policies``' rules; this module only shows them.
+
+The page answers "what does this policy do, is it valid, and what would deleting it
+break", then lists every installed plugin with its parameter schema (what
+``GET /api/v1/plugins`` serves), so an operator can write a Policy without reading
+plugin source.
 """
 
 from __future__ import annotations
 
 import json
-from collections import defaultdict
 from typing import Any
 
 import yaml
@@ -20,36 +22,25 @@ from django.shortcuts import render
 from django.urls import path
 
 from controlplane.models import Resource
-from controlplane.policies import DEFAULTS
+from controlplane.policies import plugin_for, users_by_name
 from dashboard.common import page_of
 from dashboard.roles import needs
 from plugins import manager
-from plugins.types import PLUGIN_KINDS
-
-USER_KINDS = ("Deployment", "TrainingJob", "Cluster")
-# Where each kind of plugin is selected, for the empty states.
-SELECTED_BY = {
-    "scheduler": "policies.scheduler on a Deployment, TrainingJob or Cluster",
-    "cache": "policies.cache on a Deployment",
-    "checkpointer": "checkpoint.policy on a TrainingJob",
-    "powercap": "policies.powercap on a Cluster",
-}
+from plugins.types import PLUGIN_KINDS, default_plugin, selectors
 
 
-def users_by_name() -> dict[str, list[str]]:
-    """Every name under ``policies:`` or ``checkpoint.policy`` -> the objects naming it.
+def selected_by(kind: str) -> str:
+    """Where a kind is selected, read from the kinds table, for its heading:
+    "policies.scheduler on a Deployment, TrainingJob or Cluster"."""
+    owners: dict[str, list[str]] = {}
+    for of_kind, selector in selectors():
+        if of_kind == kind:
+            owners.setdefault(selector.path.removeprefix("spec."), []).append(selector.owner)
+    return "; ".join(f"{path} on a {_either(names)}" for path, names in owners.items())
 
-    The same rule as ``controlplane.api.policy_users`` (which guards deletes), done in
-    one pass for all Policies: calling that per Policy would scan every owner once
-    per row.
-    """
-    users: dict[str, list[str]] = defaultdict(list)
-    rows = Resource.objects.filter(kind__in=USER_KINDS).order_by("kind", "name")
-    for kind, name, spec in rows.values_list("kind", "name", "spec"):
-        named = set((spec.get("policies") or {}).values()) | {(spec.get("checkpoint") or {}).get("policy")}
-        for policy in sorted(n for n in named if n):
-            users[policy].append(f"{kind.lower()}/{name}")
-    return users
+
+def _either(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
 
 
 def check(spec: dict[str, Any]) -> str | None:
@@ -59,8 +50,7 @@ def check(spec: dict[str, Any]) -> str | None:
     owners using it would then fail to schedule with the same message.
     """
     try:
-        impl = manager.get(spec.get("type", ""), spec.get("plugin", ""))
-        manager.validate_params(impl, spec.get("params") or {})
+        plugin_for(spec)
     except manager.PluginError as exc:
         details = "; ".join(f"{e['field']}: {e['message']}" for e in exc.errors)
         return f"{exc}{': ' + details if details else ''} ({exc.fix})" if exc.fix else str(exc)
@@ -121,14 +111,14 @@ def plugins_by_kind(policy_names: set[str], users: dict[str, list[str]]) -> list
                 "params": schema_rows(schema),
                 "schema_yaml": yaml.safe_dump(schema, sort_keys=False).strip(),
                 "direct_users": [] if item["name"] in policy_names else users.get(item["name"], []),
-                "is_default": DEFAULTS.get(item["kind"]) == item["name"],
+                "is_default": default_plugin(item["kind"]) == item["name"],
             }
         )
     return [
         {
             "kind": kind,
             "plugins": sorted(items, key=lambda p: p["name"]),
-            "selected_by": SELECTED_BY.get(kind),
+            "selected_by": selected_by(kind),
         }
         for kind, items in grouped.items()
     ]

@@ -30,7 +30,15 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from plugins.binpack import Binpack, BinpackParams
 from plugins.hookspecs import hookimpl
-from plugins.planning import Demand, PlanProblem, demand_of, free_gpus_per_node, price_of, profile_for
+from plugins.planning import (
+    Demand,
+    PlanProblem,
+    demand_of,
+    deployment_of,
+    free_gpus_per_node,
+    price_of,
+    profile_for,
+)
 from plugins.sim import GpuProfile, Slo, goodput, judged_length, simulate, simulate_disaggregated, steady
 from plugins.types import FleetView, PlacementRequest, PlacementResult, SchedulePlan
 
@@ -139,16 +147,19 @@ class DistServe:
         "supports KV hand-off."
     )
     Params: ClassVar[type[BaseModel]] = DistServeParams
+    # It sizes only Deployments with disaggregation: auto (a dry run previews it for those only).
+    requires_disaggregation: ClassVar[bool] = True
 
     def plan(self, *, request: PlacementRequest, fleet: FleetView, params: BaseModel) -> SchedulePlan:
         assert isinstance(params, DistServeParams)
-        if request.spec.get("disaggregation", "off") != "auto":
+        deployment = deployment_of(request)
+        if deployment.disaggregation != "auto":
             raise PlanProblem(
                 "distserve plans disaggregated Deployments only",
                 "spec.disaggregation",
                 "set disaggregation: auto, or use binpack/melange for colocated replicas",
             )
-        base = demand_of(request.spec, 1, request.observed)
+        base = demand_of(deployment, 1, request.observed)
         if base.slo.ttft_ms is None or base.slo.tpot_ms is None:
             raise PlanProblem(
                 "distserve sizes each phase by its own target and needs both",

@@ -2,8 +2,10 @@
 
 Kind hooks *register* named implementations (datasette's ``register_*``
 pattern); a Policy then selects one by name, so a call reaches the chosen
-implementation only. Observer hooks are broadcast to every plugin. All hooks
-take keyword arguments of plain data, never ORM objects.
+implementation only; each kind's objects satisfy its Protocol in
+``plugins/types.py``, and ``PLUGIN_KIND_TABLE`` there names the hook of each kind.
+Observer hooks are broadcast to every plugin. All hooks take keyword arguments of
+plain data, never ORM objects.
 """
 
 from __future__ import annotations
@@ -16,22 +18,22 @@ hookimpl = pluggy.HookimplMarker("flotilla")
 
 @hookspec
 def register_schedulers():
-    """Return a list of scheduler objects that place replicas on nodes and GPUs."""
+    """Return a list of Scheduler objects that place replicas on nodes and GPUs."""
 
 
 @hookspec
 def register_caches():
-    """Return a list of KV-cache policy objects for served models."""
+    """Return a list of CachePolicy objects: KV-cache eviction, session pinning and routing."""
 
 
 @hookspec
 def register_checkpointers():
-    """Return a list of checkpointer objects that save and restore training state."""
+    """Return a list of Checkpointer objects that save and restore training state."""
 
 
 @hookspec
 def register_powercaps():
-    """Return a list of power-cap controllers that set GPU power limits under a budget."""
+    """Return a list of PowerCap objects that set GPU power limits under a budget."""
 
 
 @hookspec

@@ -3,7 +3,8 @@
 Built-ins load first, then modules named in ``FLOTILLA_PLUGIN_MODULES``, then
 installed packages' entry points in the group ``flotilla`` (turned off with
 ``FLOTILLA_LOAD_ENTRYPOINTS=false``, as the tests do). ``FLOTILLA_PLUGINS``
-restricts which implementation names are selectable.
+restricts which implementation names are selectable. The kinds, and the hook
+that registers each, are ``plugins.types.PLUGIN_KIND_TABLE``'s.
 """
 
 from __future__ import annotations
@@ -18,15 +19,9 @@ from pydantic import BaseModel, ValidationError
 from common.envhelpers import ConfigError, envbool, envlist
 from common.problems import Problem
 from plugins import hookspecs
-from plugins.types import PLUGIN_KINDS, Plugin
+from plugins.types import PLUGIN_KIND_TABLE, Plugin
 
 BUILTIN_MODULES = ["plugins.binpack", "plugins.spread", "plugins.melange", "plugins.distserve"]
-_HOOK_FOR_KIND = {
-    "scheduler": "register_schedulers",
-    "cache": "register_caches",
-    "checkpointer": "register_checkpointers",
-    "powercap": "register_powercaps",
-}
 
 
 class PluginError(Problem):
@@ -71,13 +66,13 @@ def build_registry(manager: pluggy.PluginManager) -> dict[str, dict[str, Plugin]
     override: which one runs must never depend on load order.
     """
     allowed = set(envlist("FLOTILLA_PLUGINS"))
-    registry: dict[str, dict[str, Plugin]] = {kind: {} for kind in PLUGIN_KINDS}
+    registry: dict[str, dict[str, Plugin]] = {kind: {} for kind in PLUGIN_KIND_TABLE}
     source: dict[tuple[str, str], str] = {}
-    for kind, hook_name in _HOOK_FOR_KIND.items():
-        for hookimpl in getattr(manager.hook, hook_name).get_hookimpls():
+    for kind, info in PLUGIN_KIND_TABLE.items():
+        for hookimpl in getattr(manager.hook, info.hook).get_hookimpls():
             for impl in hookimpl.function() or []:
                 if impl.kind != kind:
-                    raise PluginError(f"plugin {impl.name!r} says kind {impl.kind!r} from {hook_name}")
+                    raise PluginError(f"plugin {impl.name!r} says kind {impl.kind!r} from {info.hook}")
                 if allowed and impl.name not in allowed:
                     continue
                 key = (kind, impl.name)

@@ -29,6 +29,7 @@ from plugins.planning import (
     PlanProblem,
     bucket_rate,
     demand_of,
+    deployment_of,
     free_replicas_by_type,
     predict,
     price_of,
@@ -85,7 +86,7 @@ class Melange:
 
     def plan(self, *, request: PlacementRequest, fleet: FleetView, params: BaseModel) -> SchedulePlan:
         assert isinstance(params, MelangeParams)
-        demand = demand_of(request.spec, request.gpus_per_replica, request.observed)
+        demand = demand_of(deployment_of(request), request.gpus_per_replica, request.observed)
         free = free_replicas_by_type(request, fleet)
         candidates = set(request.gpu_types) if request.gpu_types else set(free)
         if not params.onlyFree:

@@ -1,6 +1,6 @@
 """What the sizing schedulers share: a Deployment's demand, profiles, and simulated predictions.
 
-Pure Python on plain data (a Deployment spec as a dict, a ``FleetView``), so the
+Pure Python on plain data (the validated ``DeploymentSpec``, a ``FleetView``), so the
 melange and distserve plugins, ``flotilla plan`` and the scheduler benchmark
 compute the same numbers the same way.
 
@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from common.problems import Problem
+from common.specs import DeploymentSpec, ServingWorkload
 from plugins.binpack import gpu_matches, node_eligible
 from plugins.sim import (
     HARDWARE,
@@ -105,10 +106,21 @@ class Demand:
         return out
 
 
+def deployment_of(request: PlacementRequest) -> DeploymentSpec:
+    """The Deployment a request is for; PlanProblem for any other owner (nothing to size)."""
+    if request.deployment is None:
+        raise PlanProblem(
+            f"a {request.owner_kind} has no serving workload to size",
+            "kind",
+            "size Deployments; place other owners with a scheduler that only chooses nodes",
+        )
+    return request.deployment
+
+
 def demand_of(
-    spec: dict[str, Any], gpus_per_replica: int = 1, observed: dict[str, Any] | None = None
+    deployment: DeploymentSpec, gpus_per_replica: int = 1, observed: dict[str, Any] | None = None
 ) -> Demand:
-    """The Demand a Deployment spec declares; PlanProblem names what is missing.
+    """The Demand a validated Deployment spec declares; PlanProblem names what is missing.
 
     ``observed`` is the Deployment's ``status.observedWorkload`` (measured from its live
     traffic by ``controlplane.observed_traffic``). What the spec declares always wins;
@@ -116,73 +128,82 @@ def demand_of(
     length histogram when the spec declares no lengths at all (neither a histogram nor
     inputTokens/outputTokens). Only then the default lengths, 512 in and 128 out.
     """
-    workload = spec.get("workload") or {}
-    slo = spec.get("slo") or {}
+    workload, slo = deployment.workload, deployment.slo
     observed = observed if isinstance(observed, dict) else {}
-    rate, rate_source = workload.get("requestsPerSecond"), "declared"
-    measured_rate = observed.get("requestsPerSecond")
-    if (
-        not rate
-        and isinstance(measured_rate, int | float)
-        and not isinstance(measured_rate, bool)
-        and math.isfinite(measured_rate)
-        and measured_rate > 0
-    ):
-        rate, rate_source = measured_rate, "observed"
-    if not rate:
-        raise PlanProblem(
-            "no request rate to size for",
-            "spec.workload.requestsPerSecond",
-            "declare the expected requests per second, e.g. workload: {requestsPerSecond: 20}",
-        )
-    if not slo.get("ttftMs") and not slo.get("tpotMs"):
+    rate, rate_source = _rate(workload.requestsPerSecond, observed.get("requestsPerSecond"))
+    if not slo.ttftMs and not slo.tpotMs:
         raise PlanProblem(
             "no latency target to size for",
             "spec.slo",
             "declare slo.ttftMs and/or slo.tpotMs (milliseconds), e.g. slo: {ttftMs: 500, tpotMs: 50}",
         )
-    histogram = workload.get("histogram")
-    points: list[tuple[int, int]] = []
-    buckets: Buckets | None = None
-    source = "declared"
-    if histogram:
-        buckets = Buckets(list(histogram["inputEdges"]), list(histogram["outputEdges"]))
-        fractions = [value for row in histogram["fractions"] for value in row]
-    elif not workload.get("inputTokens") and not workload.get("outputTokens"):
-        measured = observed.get("histogram")
-        try:
-            buckets = Buckets(list(measured["inputEdges"]), list(measured["outputEdges"]))
-            fractions = [float(value) for row in measured["fractions"] for value in row]
-            total = sum(fractions)
-            if len(fractions) != buckets.size or min(fractions) < 0 or not 0 < total < math.inf:
-                raise ValueError("not a histogram")
-            fractions = [value / total for value in fractions]
-            source = "observed"
-        except (KeyError, TypeError, ValueError):
-            # None measured yet, or a status written by hand that is not a histogram.
-            buckets, source = None, "default"
-    if buckets is None:
-        input_tokens = int(workload.get("inputTokens") or 512)
-        output_tokens = int(workload.get("outputTokens") or 128)
-        buckets = Buckets([input_tokens], [output_tokens])
-        fractions = [1.0]
-        points = [(input_tokens, output_tokens)]
-    model = spec.get("model") or {}
+    buckets, fractions, points, source = _lengths(workload, observed.get("histogram"))
     try:
-        shape = ModelShape.from_config(model.get("config") or {})
+        shape = ModelShape.from_config(deployment.model.config)
     except ValueError as exc:
         raise PlanProblem(str(exc), "spec.model.config", "use the runtime's config keys") from None
     return Demand(
-        rate=float(rate),
+        rate=rate,
         buckets=buckets,
         fractions=fractions,
-        slo=Slo(slo.get("ttftMs"), slo.get("tpotMs")),
+        slo=Slo(slo.ttftMs, slo.tpotMs),
         shape=shape,
         tensor_parallel=gpus_per_replica,
         points=points,
         source=source,
         rate_source=rate_source,
     )
+
+
+def _rate(declared: float | None, measured: Any) -> tuple[float, str]:
+    """The rate to size for and where it came from: declared, else a sane measured one."""
+    if declared:
+        return float(declared), "declared"
+    if (
+        isinstance(measured, int | float)
+        and not isinstance(measured, bool)
+        and math.isfinite(measured)
+        and measured > 0
+    ):
+        return float(measured), "observed"
+    raise PlanProblem(
+        "no request rate to size for",
+        "spec.workload.requestsPerSecond",
+        "declare the expected requests per second, e.g. workload: {requestsPerSecond: 20}",
+    )
+
+
+def _lengths(
+    workload: ServingWorkload, measured: Any
+) -> tuple[Buckets, list[float], list[tuple[int, int]], str]:
+    """(buckets, fractions, points, source): the declared histogram or pair of lengths,
+    else the measured histogram, else the defaults (512 in, 128 out)."""
+    if workload.histogram is not None:
+        histogram = workload.histogram
+        buckets = Buckets(list(histogram.inputEdges), list(histogram.outputEdges))
+        return buckets, [value for row in histogram.fractions for value in row], [], "declared"
+    source = "declared"
+    if not workload.inputTokens and not workload.outputTokens:
+        observed = _measured_histogram(measured)
+        if observed is not None:
+            return *observed, [], "observed"
+        source = "default"
+    input_tokens, output_tokens = workload.inputTokens or 512, workload.outputTokens or 128
+    return Buckets([input_tokens], [output_tokens]), [1.0], [(input_tokens, output_tokens)], source
+
+
+def _measured_histogram(measured: Any) -> tuple[Buckets, list[float]] | None:
+    """status.observedWorkload.histogram as buckets and normalised fractions; None when there
+    is none yet, or a status written by hand holds something that is not a histogram."""
+    try:
+        buckets = Buckets(list(measured["inputEdges"]), list(measured["outputEdges"]))
+        fractions = [float(value) for row in measured["fractions"] for value in row]
+    except (KeyError, TypeError, ValueError):
+        return None
+    total = sum(fractions)
+    if len(fractions) != buckets.size or min(fractions) < 0 or not 0 < total < math.inf:
+        return None
+    return buckets, [value / total for value in fractions]
 
 
 def profile_for(gpu_type: str, demand: Demand, fleet: FleetView) -> GpuProfile | None:
@@ -340,8 +361,8 @@ def colocated_plan(
 ) -> SchedulePlan:
     """``request.replicas`` placed by a node-choosing scheduler (binpack, spread), as a plan.
 
-    Marks the GPUs taken in ``fleet`` (pass a copy). Predicted only when the spec
-    declares a rate and an SLO; otherwise the notes say why not.
+    Marks the GPUs taken in ``fleet`` (pass a copy). Predicted only for a Deployment
+    that declares a rate and an SLO; otherwise the notes say why not.
     """
     result = scheduler.place(request=request, fleet=fleet, params=params)
     types: Counter[str] = Counter()
@@ -357,7 +378,7 @@ def colocated_plan(
         shortfall=result.unschedulable,
     )
     try:
-        demand = demand_of(request.spec, request.gpus_per_replica)
+        demand = demand_of(deployment_of(request), request.gpus_per_replica)
     except PlanProblem as exc:
         plan.notes.append(f"no prediction: {exc} ({exc.field})")
         return plan

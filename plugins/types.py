@@ -1,18 +1,28 @@
-"""The plain data that crosses the plugin boundary.
+"""The plugin contract: the plain data that crosses the boundary, a Protocol per kind,
+and the one table of kinds.
 
-Plugins receive these (never ORM objects) so a plugin runs the same in the
-control plane, an agent, the simulator and a unit test.
+Plugins receive plain data (never ORM objects) so a plugin runs the same in the
+control plane, an agent, the simulator and a unit test. ``PLUGIN_KIND_TABLE`` at the
+end is the only place a kind is described (its hook, its Protocol, the spec fields
+that select it, its default): the manager, the spec models, apply, the API and the
+dashboard all read it, so a fifth kind is one row. At run time this module imports
+nothing else from Flotilla (``common.specs`` only for type checkers), which lets
+``common.specs`` import the kind names from it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
 
+if TYPE_CHECKING:  # for the annotation only: common.specs imports this module at run time
+    from common.specs import DeploymentSpec
+
+# The kind names for type checkers; PLUGIN_KIND_TABLE below describes each (a test keeps them equal).
 PluginKind = Literal["scheduler", "cache", "checkpointer", "powercap"]
-PLUGIN_KINDS: tuple[PluginKind, ...] = ("scheduler", "cache", "checkpointer", "powercap")
 
 
 class NoParams(BaseModel):
@@ -86,7 +96,9 @@ class PlacementRequest:
     node_selector: dict[str, str] = field(default_factory=dict)
     cluster: str | None = None
     role: str = "serve"
-    spec: dict[str, Any] = field(default_factory=dict)
+    # The owner's validated spec when it is a Deployment (what sizing schedulers size);
+    # None for a TrainingJob.
+    deployment: DeploymentSpec | None = None
     # The owner's status.observedWorkload (its traffic measured live), for sizing schedulers
     # to fall back on where the spec declares no rate or lengths; None when not measured.
     observed: dict[str, Any] | None = None
@@ -166,7 +178,10 @@ class SchedulePlan:
         )
 
 
+@runtime_checkable
 class Scheduler(Plugin, Protocol):
+    """Places replicas: the control plane's owner controller calls it under the writers' lock."""
+
     def place(self, *, request: PlacementRequest, fleet: FleetView, params: BaseModel) -> PlacementResult:
         """Choose a node and GPU indices for each requested replica."""
         ...
@@ -180,5 +195,286 @@ class SizingScheduler(Scheduler, Protocol):
     """
 
     def plan(self, *, request: PlacementRequest, fleet: FleetView, params: BaseModel) -> SchedulePlan:
-        """Size the Deployment in ``request.spec`` on ``fleet``; never mutates the fleet."""
+        """Size the Deployment in ``request.deployment`` on ``fleet``; never mutates the fleet."""
         ...
+
+
+# --- cache: KV-cache eviction, session pinning, request routing (issue 11) ----------------
+
+
+@dataclass(slots=True)  # one per block of a replica's cache: hundreds of thousands
+class CachedBlock:
+    """One KV-cache block a serving replica holds, as the eviction policy sees it.
+
+    Times are seconds on the replica's monotonic clock, the same clock as ``now``.
+    """
+
+    block_id: int
+    # Hash of the tokens up to and including this block, chained from the prefix's
+    # hash, so equal prefixes share blocks; None while the block is still filling.
+    hash: int | None
+    last_used: float
+    # Running sequences reading the block; a block with ref_count > 0 is never freed.
+    ref_count: int = 0
+    # A session pin (from ``pin_seconds``) keeps the block cached until then.
+    pinned_until: float = 0.0
+    # The multi-turn session whose turn wrote the block, if any.
+    session: str | None = None
+
+
+@dataclass
+class SessionTurn:
+    """A multi-turn session's turn has just ended; its blocks may be pinned for the next."""
+
+    session: str
+    blocks: list[int]
+    # Seconds between this session's earlier turns, oldest first (empty on a first turn).
+    gaps: list[float] = field(default_factory=list)
+    # Share of the cache's blocks in use now, 0 to 1: a full cache pins less.
+    memory_in_use: float = 0.0
+
+
+@dataclass
+class RouteRequest:
+    """A request to route: its prompt (as token ids, or as their block hashes) and session."""
+
+    token_ids: list[int] = field(default_factory=list)
+    # The prompt's chained block hashes, where the router computed them already.
+    block_hashes: list[int] = field(default_factory=list)
+    session: str | None = None
+    block_size: int = 16
+
+
+@dataclass
+class ReplicaLoad:
+    """One serving replica's load and cache contents, as the router last heard them."""
+
+    name: str
+    url: str
+    queued: int = 0
+    running: int = 0
+    free_blocks: int = 0
+    cached_hashes: frozenset[int] = frozenset()
+
+
+@runtime_checkable
+class CachePolicy(Plugin, Protocol):
+    """Organises a served model's KV cache: what to evict, how long to keep a session's
+    blocks, which replica a request goes to. The serving runtime calls the first two on
+    its own replica; the router calls ``route``. Each call must be quick (it is on the
+    request path) and must not keep references to the lists it is given."""
+
+    def evict(self, *, blocks: list[CachedBlock], needed: int, now: float, params: BaseModel) -> list[int]:
+        """Ids of ``needed`` blocks to free (fewer if no more can go), among those of ``blocks``
+        with ref_count 0; pinned ones included, since whether to break a pin is the policy's call."""
+        ...
+
+    def pin_seconds(self, *, turn: SessionTurn, params: BaseModel) -> float:
+        """How long to keep the turn's blocks pinned for the session's next turn; 0 for not at all."""
+        ...
+
+    def route(self, *, request: RouteRequest, replicas: list[ReplicaLoad], params: BaseModel) -> str:
+        """The name of the replica (one of ``replicas``) that should serve ``request``."""
+        ...
+
+
+# --- checkpointer: saving and restoring training state (issue 12) ------------------------
+
+
+@dataclass
+class TrainingState:
+    """What a checkpoint holds. Values are whatever the runtime keeps (torch tensors,
+    numbers, nested dicts of them), named as in a ``state_dict``."""
+
+    step: int
+    model: dict[str, Any] = field(default_factory=dict)
+    optimizer: dict[str, Any] = field(default_factory=dict)
+    scheduler: dict[str, Any] = field(default_factory=dict)
+    rng: dict[str, Any] = field(default_factory=dict)
+    # Where the data stream is, so a restored job does not see the same batches again.
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class CheckpointTarget:
+    """Where one job's checkpoints go: fast node-local storage first, durable storage after.
+
+    A multi-level checkpointer snapshots to ``local_dir`` and copies on to
+    ``durable_dir`` (which survives losing the node); a plain one writes to either.
+    """
+
+    owner: str  # "TrainingJob/name"
+    local_dir: str
+    durable_dir: str | None = None
+
+
+@runtime_checkable
+class CheckpointHandle(Protocol):
+    """A save in progress. The training loop keeps stepping while it runs, so it asks the
+    handle before the optimizer changes tensors the save may still be reading."""
+
+    step: int
+    done: bool
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the save is durable or ``timeout`` seconds pass; True when it is done."""
+        ...
+
+    def before_update(self) -> None:
+        """Block only until the tensors the optimizer is about to modify have been copied."""
+        ...
+
+
+@dataclass
+class FinishedSave:
+    """The handle of a blocking save: done before ``save`` returned, so nothing waits."""
+
+    step: int
+    done: bool = True
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return True
+
+    def before_update(self) -> None:
+        return None
+
+
+@runtime_checkable
+class Checkpointer(Plugin, Protocol):
+    """Saves and restores training state on the agent. ``save`` may return before the
+    state is on disk (an asynchronous snapshot); the loop then calls the handle's
+    ``before_update`` before each optimizer step, which is where the overhead shows."""
+
+    def save(self, *, state: TrainingState, target: CheckpointTarget, params: BaseModel) -> CheckpointHandle:
+        """Start saving ``state``; return a handle to wait on (``FinishedSave`` for a blocking save)."""
+        ...
+
+    def restore(self, *, target: CheckpointTarget, params: BaseModel) -> TrainingState | None:
+        """The newest complete checkpoint under ``target``, or None when there is none."""
+        ...
+
+
+# --- powercap: GPU power limits under a cluster's budget (issue 13) ----------------------
+
+
+@dataclass(slots=True)  # one per GPU of a cluster
+class GpuPower:
+    """One GPU's power as telemetry last saw it, and the range its board accepts."""
+
+    node: str
+    index: int
+    gpu_type: str
+    draw_watts: float
+    limit_watts: float
+    min_watts: float
+    max_watts: float
+    # Percent busy (0 to 100) as the agent reports it; None when not reported.
+    utilisation: float | None = None
+    # "Kind/name" of the Workload owner using the GPU, or None when idle.
+    owner: str | None = None
+    # Higher keeps its power longer when the budget is short.
+    priority: int = 0
+
+
+@dataclass
+class PowerBudget:
+    """A cluster's power budget (ClusterSpec.powerBudgetWatts)."""
+
+    cluster: str
+    watts: float
+
+
+@dataclass
+class PowerDecision:
+    """The limit each GPU should have, keyed by (node, index); None lifts the cap back to
+    the board's default. GPUs left out keep the limit they have. ``notes`` say why, for
+    the Cluster's events."""
+
+    limits: dict[tuple[str, int], float | None] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+@runtime_checkable
+class PowerCap(Plugin, Protocol):
+    """Decides power limits for a cluster's GPUs from its budget and live telemetry. The
+    control plane calls it periodically and the agents apply the limits through their
+    power backend, so it must be a pure function of what it is given."""
+
+    def decide(self, *, budget: PowerBudget, gpus: list[GpuPower], params: BaseModel) -> PowerDecision:
+        """Limits that keep the cluster's draw under ``budget.watts``; lift them when it can."""
+        ...
+
+
+# --- the one table of kinds ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Selector:
+    """A spec field that names a Policy (or a plugin directly) of one kind."""
+
+    owner: str  # the resource kind whose spec has the field: "Deployment"
+    path: str  # dotted, from the document's top: "spec.policies.scheduler"
+
+    def read(self, spec: Mapping[str, Any]) -> str | None:
+        """The name this field holds in ``spec`` (a stored or parsed spec dict), or None."""
+        value: Any = spec
+        for part in self.path.split(".")[1:]:
+            value = value.get(part) if isinstance(value, Mapping) else None
+        return value if isinstance(value, str) and value else None
+
+
+@dataclass(frozen=True)
+class PluginKindInfo:
+    kind: PluginKind
+    hook: str  # the hookspec that registers implementations (plugins/hookspecs.py)
+    protocol: type[Plugin]
+    selected_by: tuple[Selector, ...]
+    # The plugin used when no selector names one; None: the kind is off unless named.
+    default: str | None = None
+
+
+def _on(path: str, *owners: str) -> tuple[Selector, ...]:
+    return tuple(Selector(owner, path) for owner in owners)
+
+
+PLUGIN_KIND_TABLE: dict[PluginKind, PluginKindInfo] = {
+    info.kind: info
+    for info in (
+        PluginKindInfo(
+            "scheduler",
+            "register_schedulers",
+            Scheduler,
+            _on("spec.policies.scheduler", "Deployment", "TrainingJob", "Cluster"),
+            default="binpack",
+        ),
+        PluginKindInfo("cache", "register_caches", CachePolicy, _on("spec.policies.cache", "Deployment")),
+        PluginKindInfo(
+            "checkpointer",
+            "register_checkpointers",
+            Checkpointer,
+            _on("spec.checkpoint.policy", "TrainingJob"),
+        ),
+        PluginKindInfo("powercap", "register_powercaps", PowerCap, _on("spec.policies.powercap", "Cluster")),
+    )
+}
+PLUGIN_KINDS: tuple[PluginKind, ...] = tuple(PLUGIN_KIND_TABLE)
+
+
+def selectors(owner: str | None = None) -> list[tuple[PluginKind, Selector]]:
+    """Every (kind, selector) in table order; only those on ``owner``'s spec when given."""
+    return [
+        (kind, selector)
+        for kind, info in PLUGIN_KIND_TABLE.items()
+        for selector in info.selected_by
+        if owner is None or selector.owner == owner
+    ]
+
+
+def owner_kinds() -> tuple[str, ...]:
+    """The resource kinds whose specs name Policies."""
+    return tuple(dict.fromkeys(selector.owner for _, selector in selectors()))
+
+
+def default_plugin(kind: str) -> str | None:
+    """The plugin a ``kind`` uses when nothing names one (binpack for scheduler), or None."""
+    return next((info.default for info in PLUGIN_KIND_TABLE.values() if info.kind == kind), None)

@@ -13,15 +13,14 @@ from cli.bench_schedulers import (
     balanced_routing,
     demand_of,
     fleet_of,
-    load_trace,
     render,
-    replay,
+    replay_allocation,
     spec_for,
-    with_poisson_arrivals,
 )
 from cli.main import main
+from common.specs import DeploymentSpec
 from plugins.planning import profile_for
-from plugins.sim import LengthDist, Request, gamma, poisson, simulate
+from plugins.sim import LengthDist, Request, gamma, load_trace, poisson, simulate, with_poisson_arrivals
 
 SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "traces" / "burstgpt-sample.csv"
 HEADER = "Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type\n"
@@ -78,9 +77,9 @@ def test_the_shipped_sample_is_a_bursty_burstgpt_trace():
 
 def test_replay_serves_the_trace_requests_themselves():
     requests = poisson(8.0, count=200, inputs=INPUTS, outputs=OUTPUTS, seed=4)
-    demand = demand_of(spec_for(requests, 8.0, 1000.0, 100.0))
+    demand = demand_of(DeploymentSpec.model_validate(spec_for(requests, 8.0, 1000.0, 100.0)))
     fleet = fleet_of(["H100"], 8)
-    replayed = replay(requests, {"H100": 2}, demand, fleet)
+    replayed = replay_allocation(requests, {"H100": 2}, demand, fleet)
     direct = simulate(requests, profile_for("H100", demand, fleet), instances=2)
     assert replayed["requests"] == 200
     assert replayed["sloAttainment"] == round(direct.attainment(1000.0, 100.0), 4)
@@ -93,9 +92,10 @@ def test_a_burstier_trace_at_the_same_mean_rate_misses_more_on_the_same_gpus():
     bursty = gamma(rate, 4.0, count=400, inputs=INPUTS, outputs=OUTPUTS, seed=3)  # same lengths
     stretch = smooth[-1].arrival_s / bursty[-1].arrival_s  # exactly the same mean rate
     bursty = [Request(r.id, r.arrival_s * stretch, r.input_tokens, r.output_tokens) for r in bursty]
-    demand = demand_of(spec_for(smooth, rate, 1000.0, 100.0))
+    demand = demand_of(DeploymentSpec.model_validate(spec_for(smooth, rate, 1000.0, 100.0)))
     fleet = fleet_of(["H100"], 8)
-    calm, bursts = replay(smooth, {"H100": 1}, demand, fleet), replay(bursty, {"H100": 1}, demand, fleet)
+    calm = replay_allocation(smooth, {"H100": 1}, demand, fleet)
+    bursts = replay_allocation(bursty, {"H100": 1}, demand, fleet)
     assert calm["sloAttainment"] == 1.0
     assert bursts["sloAttainment"] < 0.95
     assert bursts["ttftP90Ms"] > 3 * calm["ttftP90Ms"]
@@ -117,7 +117,7 @@ def test_the_router_balances_the_busiest_type_and_still_sends_what_none_serves_a
     monkeypatch.setattr(bench_schedulers, "bucket_rate", lambda profile, demand, b: rates[profile][b])
     spec = spec_for([Request(0, 0.0, 100, 50)], 10.0, 1000.0, 100.0)
     spec["workload"]["histogram"]["fractions"] = [[0.5, 0.3, 0.2], [0, 0, 0], [0, 0, 0], [0, 0, 0]]
-    demand = demand_of(spec)
+    demand = demand_of(DeploymentSpec.model_validate(spec))
     routing = balanced_routing({"H100": 1, "L4": 1}, {"H100": "H100", "L4": "L4"}, demand)
     assert routing["H100"][1] == 1.0 and routing["L4"][1] == 0.0
     # Bucket 0 is split so that both are equally busy: 0.75 + 5x/10 == 5(1-x)/2.

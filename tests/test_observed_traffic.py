@@ -12,7 +12,7 @@ from agents.agent import flat_numbers
 from agents.runtimes.serve.engine import Engine
 from agents.runtimes.serve.metrics import LENGTH_BUCKETS, ServingMetrics
 from agents.runtimes.serve.sampling import SamplingParams
-from common.specs import LengthHistogram
+from common.specs import DeploymentSpec, LengthHistogram
 from controlplane import observed_traffic, store, tasks
 from controlplane.apply import apply
 from controlplane.controllers import owners
@@ -320,17 +320,23 @@ def sizing_spec(**workload: Any) -> dict[str, Any]:
     }
 
 
+def sizing_deployment(**workload: Any) -> DeploymentSpec:
+    return DeploymentSpec.model_validate(sizing_spec(**workload))
+
+
 def test_declared_lengths_and_rate_win_over_observed_ones():
     declared = {"inputEdges": [256], "outputEdges": [64], "fractions": [[1.0]]}
-    demand = demand_of(sizing_spec(requestsPerSecond=3, histogram=declared), observed=OBSERVED)
+    demand = demand_of(sizing_deployment(requestsPerSecond=3, histogram=declared), observed=OBSERVED)
     assert (demand.rate, demand.rate_source, demand.source) == (3.0, "declared", "declared")
     assert demand.buckets.input_edges == [256]
-    pair = demand_of(sizing_spec(requestsPerSecond=3, inputTokens=900, outputTokens=90), observed=OBSERVED)
+    pair = demand_of(
+        sizing_deployment(requestsPerSecond=3, inputTokens=900, outputTokens=90), observed=OBSERVED
+    )
     assert (pair.source, pair.points) == ("declared", [(900, 90)])
 
 
 def test_observed_lengths_and_rate_fill_in_what_the_spec_leaves_out():
-    demand = demand_of(sizing_spec(), observed=OBSERVED)
+    demand = demand_of(sizing_deployment(), observed=OBSERVED)
     assert (demand.rate, demand.rate_source, demand.source) == (12.5, "observed", "observed")
     assert demand.buckets == DEFAULT_BUCKETS
     assert demand.fractions[0] == pytest.approx(0.5) and sum(demand.fractions) == pytest.approx(1.0)
@@ -338,16 +344,16 @@ def test_observed_lengths_and_rate_fill_in_what_the_spec_leaves_out():
 
 
 def test_without_an_observation_the_default_lengths_apply_and_a_rate_is_required():
-    demand = demand_of(sizing_spec(requestsPerSecond=3), observed={"requests": 12})
+    demand = demand_of(sizing_deployment(requestsPerSecond=3), observed={"requests": 12})
     assert (demand.source, demand.points) == ("default", [(512, 128)])
     with pytest.raises(PlanProblem) as caught:
-        demand_of(sizing_spec(), observed={"requests": 12, "requestsPerSecond": 0.0})
+        demand_of(sizing_deployment(), observed={"requests": 12, "requestsPerSecond": 0.0})
     assert caught.value.field == "spec.workload.requestsPerSecond"
 
 
 def test_a_malformed_observation_is_ignored_rather_than_failing_the_plan():
     broken = {"requestsPerSecond": "fast", "histogram": {"inputEdges": [1], "fractions": "x"}}
-    demand = demand_of(sizing_spec(requestsPerSecond=3), observed=broken)
+    demand = demand_of(sizing_deployment(requestsPerSecond=3), observed=broken)
     assert (demand.rate, demand.source) == (3.0, "default")
 
 

@@ -17,8 +17,18 @@ from controlplane import events
 from controlplane.apply import apply
 from controlplane.errors import Invalid
 from plugins import binpack, hookspecs, manager
+from plugins import types as plugin_types
 from plugins.hookspecs import hookimpl
-from plugins.types import PLUGIN_KINDS, FleetView, Gpu, NodeView, Placement, PlacementRequest, Plugin
+from plugins.types import (
+    PLUGIN_KIND_TABLE,
+    PLUGIN_KINDS,
+    FleetView,
+    Gpu,
+    NodeView,
+    Placement,
+    PlacementRequest,
+    Plugin,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = ROOT / "tests"
@@ -393,7 +403,7 @@ def test_hookspecs_declare_the_four_kinds_and_the_observer():
         "register_powercaps",
         "event_recorded",
     }
-    assert set(manager._HOOK_FOR_KIND.values()) <= set(HOOKS)
+    assert {info.hook for info in PLUGIN_KIND_TABLE.values()} <= set(HOOKS)
 
 
 @pytest.mark.parametrize("hook", HOOKS)
@@ -411,11 +421,64 @@ def test_every_hookspec_takes_only_keyword_friendly_plain_arguments(hook):
 
 @pytest.mark.parametrize("hook", HOOKS)
 def test_every_hookspec_is_documented(hook):
+    """As datasette's test does: a heading with the hook's name and its argument names, so
+    a hook that gains, loses or renames an argument fails until its documentation follows."""
     assert DOCS.exists(), "docs/plugins.md is missing: document every hook there"
     text = DOCS.read_text()
-    heading = re.search(rf"^#+\s+`?{hook}`?\b", text, re.MULTILINE)
-    backticked = f"`{hook}`" in text or re.search(rf"`{hook}\(", text)
-    assert heading or backticked, f"docs/plugins.md does not document {hook}"
+    function = getattr(hookspecs, hook)
+    call = f"{hook}({', '.join(inspect.signature(function).parameters)})"
+    headings = re.findall(r"^#+\s+`?(.+?)`?\s*$", text, re.MULTILINE)
+    assert call in headings, f"docs/plugins.md has no heading `## {call}`"
+    assert f"def {call}:" in text, f"docs/plugins.md does not quote the hookspec of {hook}"
+    assert function.__doc__ in text, f"docs/plugins.md quotes an old docstring of {hook}"
+
+
+def _protocol_methods() -> list[tuple[str, Any]]:
+    """Every method each Protocol in plugins/types.py declares itself."""
+    protocols = [
+        value
+        for value in vars(plugin_types).values()
+        if isinstance(value, type)
+        and value.__module__ == plugin_types.__name__
+        and getattr(value, "_is_protocol", False)
+    ]
+    return [
+        (f"{protocol.__name__}.{name}", method)
+        for protocol in protocols
+        for name, method in vars(protocol).items()
+        if inspect.isfunction(method) and not name.startswith("_")
+    ]
+
+
+def _written_signature(method: Any) -> str:
+    """``def name(self, *, a: T, b: U = default) -> R`` with the annotations as the source spells them."""
+    signature = inspect.signature(method)  # annotations stay strings (from __future__ import annotations)
+    parts: list[str] = []
+    for parameter in signature.parameters.values():
+        if parameter.kind is parameter.KEYWORD_ONLY and "*" not in parts:
+            parts.append("*")
+        part = parameter.name
+        if parameter.annotation is not parameter.empty:
+            part += f": {parameter.annotation}"
+        if parameter.default is not parameter.empty:
+            part += f" = {parameter.default!r}"
+        parts.append(part)
+    returns = "" if signature.return_annotation is signature.empty else f" -> {signature.return_annotation}"
+    return f"def {method.__name__}({', '.join(parts)}){returns}"
+
+
+def test_every_kind_has_a_protocol_with_methods():
+    documented = {name.partition(".")[0] for name, _ in _protocol_methods()}
+    for info in PLUGIN_KIND_TABLE.values():
+        assert info.protocol.__name__ in documented, f"{info.kind}'s protocol declares no method"
+
+
+@pytest.mark.parametrize(("name", "method"), _protocol_methods(), ids=[n for n, _ in _protocol_methods()])
+def test_every_protocol_method_is_documented_with_its_signature(name, method):
+    text = DOCS.read_text()
+    protocol = name.partition(".")[0]
+    assert f"`{protocol}`" in text, f"docs/plugins.md does not name the {protocol} protocol"
+    assert _written_signature(method) in text, f"docs/plugins.md lacks `{_written_signature(method)}`"
 
 
 def _source_without_the_checks() -> str:

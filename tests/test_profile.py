@@ -13,7 +13,7 @@ import yaml
 from agents.runtimes.serve.profiling import Grid, Target, fit_error_percent, measure, validate
 from cli.main import main
 from cli.profile import profile_name
-from common.specs import NAME_MAX, ProfileSpec, name_problem
+from common.specs import NAME_MAX, DeploymentSpec, ProfileSpec, name_problem
 from plugins.planning import demand_of, profile_for
 from plugins.sim import GpuProfile, LengthDist, ModelShape
 from tests.conftest import deployment
@@ -108,7 +108,7 @@ def test_the_document_is_a_valid_profile_resource_that_round_trips(measured):
 
 def test_the_model_key_is_the_one_planning_computes_for_a_deployment_of_that_model(measured):
     spec = deployment(model=SPEC, workload={"requestsPerSecond": 2}, slo={"ttftMs": 500})["spec"]
-    assert measured.profile.model == demand_of(spec).shape.key
+    assert measured.profile.model == demand_of(DeploymentSpec.model_validate(spec)).shape.key
     assert measured.profile.model == ModelShape.from_config(TINY).key
 
 
@@ -117,7 +117,7 @@ def test_an_explicit_dtype_changes_the_key_on_both_sides_alike():
     built = Target.build({"source": "builtin:tiny-llama", "config": config}, "cpu", threads=1)
     spec = deployment(model={"source": "builtin:tiny-llama", "config": config},
                       workload={"requestsPerSecond": 2}, slo={"ttftMs": 500})["spec"]  # fmt: skip
-    assert built.shape.key == demand_of(spec).shape.key
+    assert built.shape.key == demand_of(DeploymentSpec.model_validate(spec)).shape.key
     assert built.shape.key.endswith("-b4") and built.shape.key != ModelShape.from_config(TINY).key
 
 
@@ -287,7 +287,7 @@ def test_a_stored_profile_replaces_the_estimate_in_planning(admin, capsys):
     stored = admin.get(f"/profiles/{name}").json()
     assert stored["spec"]["source"] == "measured" and stored["spec"]["gpuType"] == "CPU"
     spec = deployment(model=SPEC, workload={"requestsPerSecond": 2}, slo={"ttftMs": 500})["spec"]
-    chosen = profile_for("CPU", demand_of(spec), snapshot())
+    chosen = profile_for("CPU", demand_of(DeploymentSpec.model_validate(spec)), snapshot())
     assert chosen is not None and chosen.source == "measured"
     assert chosen.decode_ms_per_seq == stored["spec"]["decode"]["msPerSequence"]
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import sys
+import types
+from typing import ClassVar
+
 import pytest
 
 from controlplane import store
@@ -9,6 +13,9 @@ from controlplane.apply import apply
 from controlplane.conditions import get_condition
 from controlplane.controllers import owners
 from controlplane.models import Resource
+from plugins import manager
+from plugins.binpack import Binpack
+from plugins.hookspecs import hookimpl
 from tests.conftest import deployment
 from tests.test_sizing_schedulers import LLAMA_8B
 
@@ -122,3 +129,52 @@ def test_dry_run_shows_every_candidate_and_the_chosen_policy(operator, add_node)
         assert 0 <= plan["predicted"]["sloAttainment"] <= 1
         assert plan["nodes"], plan
     assert Resource.objects.filter(kind="Workload").count() == 0  # a dry run writes nothing
+
+
+class Packer(Binpack):
+    name: ClassVar[str] = "packer"
+    description: ClassVar[str] = "Test plugin: an installed scheduler, packing like binpack."
+
+
+class DisaggregatedOnly(Binpack):
+    name: ClassVar[str] = "disaggregated-only"
+    description: ClassVar[str] = "Test plugin: previewed only for disaggregation: auto."
+    requires_disaggregation: ClassVar[bool] = True
+
+
+@hookimpl
+def _register_schedulers():
+    return [Packer(), DisaggregatedOnly()]
+
+
+@pytest.fixture
+def installed(monkeypatch):
+    """Two schedulers installed from a module (FLOTILLA_PLUGIN_MODULES); melange and
+    distserve left out (FLOTILLA_PLUGINS) so the dry run simulates nothing."""
+    module = types.ModuleType("flotilla_preview_plugins")
+    module.register_schedulers = _register_schedulers  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    monkeypatch.setenv("FLOTILLA_PLUGIN_MODULES", module.__name__)
+    monkeypatch.setenv("FLOTILLA_PLUGINS", "binpack,spread,packer,disaggregated-only")
+    manager.reset()
+    yield
+    manager.reset()
+
+
+@pytest.mark.usefixtures("installed")
+@pytest.mark.parametrize(
+    ("disaggregation", "expected"),
+    [
+        ("off", ["binpack", "spread", "packer"]),
+        ("auto", ["binpack", "spread", "packer", "disaggregated-only"]),
+    ],
+)
+def test_the_dry_run_previews_every_installed_scheduler(operator, add_node, disaggregation, expected):
+    add_node("h100-node", gpus=4, gpu_type="H100")
+    document = deployment("chat", replicas=1, disaggregation=disaggregation)
+    response = operator.apply(document, dry_run=True)
+    assert response.status_code == 200, response.content
+    schedule = response.json()["results"][0]["schedule"]
+    assert [plan["policy"] for plan in schedule["plans"]] == expected
+    assert schedule["chosen"] == "binpack"
+    assert all(plan["nodes"] for plan in schedule["plans"])

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import pytest
 
+from common.specs import DeploymentSpec
 from plugins.distserve import RUNTIME_UNSUPPORTED, DistServe, DistServeParams
 from plugins.melange import Melange, MelangeParams
 from plugins.mixsolver import GpuOption, MixProblem, solve
 from plugins.planning import PlanProblem, bucket_rate, demand_of, profile_for
 from plugins.sim import SHAPES, estimate
-from plugins.types import FleetView
+from plugins.types import FleetView, PlacementRequest
 from tests.test_binpack import node, request
 
 LLAMA_8B = SHAPES["llama-3-8b"].to_config()
@@ -41,6 +42,11 @@ def spec(rate: float = 8.0, histogram: dict | None = None, **extra) -> dict:
     }
 
 
+def sized(deployment_spec: dict) -> PlacementRequest:
+    """A request for the Deployment with this spec, validated as the controller validates it."""
+    return request(deployment=DeploymentSpec.model_validate(deployment_spec))
+
+
 def fleet(h100: int = 8, a100: int = 8, l4: int = 8, **view) -> FleetView:
     nodes = []
     if h100:
@@ -53,14 +59,12 @@ def fleet(h100: int = 8, a100: int = 8, l4: int = 8, **view) -> FleetView:
 
 
 def melange(fleet_view: FleetView, deployment_spec: dict, **params):
-    return Melange().plan(
-        request=request(spec=deployment_spec), fleet=fleet_view, params=MelangeParams(**params)
-    )
+    return Melange().plan(request=sized(deployment_spec), fleet=fleet_view, params=MelangeParams(**params))
 
 
 def single_type_cost(view: FleetView, deployment_spec: dict, gpu_type: str) -> float:
     """What serving the same traffic on one GPU type alone costs (the Mélange baseline)."""
-    demand = demand_of(deployment_spec)
+    demand = demand_of(DeploymentSpec.model_validate(deployment_spec))
     profile = profile_for(gpu_type, demand, view)
     rates = tuple(bucket_rate(profile, demand, b) for b in range(len(demand.fractions)))
     option = GpuOption(gpu_type, PRICES[gpu_type], rates)
@@ -142,7 +146,7 @@ def test_melange_needs_a_rate_and_an_slo():
 
 
 def test_a_measured_profile_takes_precedence_over_the_estimate():
-    demand = demand_of(spec())
+    demand = demand_of(DeploymentSpec.model_validate(spec()))
     slow = estimate("H100", SHAPES["llama-3-8b"]).to_dict()
     slow.update(source="measured", measuredOn="gpu-a/0")
     slow["decode"] = {**slow["decode"], "baseMs": 90.0}
@@ -154,7 +158,7 @@ def test_a_measured_profile_takes_precedence_over_the_estimate():
 
 def test_distserve_plans_prefill_and_decode_roles_and_runs_nothing():
     plan = DistServe().plan(
-        request=request(spec=spec(rate=10.0, disaggregation="auto")), fleet=fleet(), params=DistServeParams()
+        request=sized(spec(rate=10.0, disaggregation="auto")), fleet=fleet(), params=DistServeParams()
     )
     assert plan.supported is False and plan.reason == RUNTIME_UNSUPPORTED
     assert set(plan.roles) == {"prefill", "decode"}
@@ -165,11 +169,11 @@ def test_distserve_plans_prefill_and_decode_roles_and_runs_nothing():
 
 def test_distserve_needs_disaggregation_and_both_targets():
     with pytest.raises(PlanProblem) as caught:
-        DistServe().plan(request=request(spec=spec()), fleet=fleet(), params=DistServeParams())
+        DistServe().plan(request=sized(spec()), fleet=fleet(), params=DistServeParams())
     assert caught.value.field == "spec.disaggregation"
     only_ttft = {**spec(disaggregation="auto"), "slo": {"ttftMs": 500}}
     with pytest.raises(PlanProblem) as caught:
-        DistServe().plan(request=request(spec=only_ttft), fleet=fleet(), params=DistServeParams())
+        DistServe().plan(request=sized(only_ttft), fleet=fleet(), params=DistServeParams())
     assert caught.value.field == "spec.slo"
     with pytest.raises(ValueError):
         DistServeParams(tensorParallel=[3])

@@ -2,7 +2,7 @@
 
 Heartbeats renew a ``NodeLease`` row rather than the Node's status, so a
 fleet of agents does not flood the watch log; the Node itself changes only
-when its devices or readiness do.
+when its devices, readiness or applied power limits do.
 """
 
 from __future__ import annotations
@@ -10,13 +10,13 @@ from __future__ import annotations
 import copy
 import time
 from datetime import timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.conf import settings
 from django.db import transaction
 
 from common.timeutil import now, rfc3339
-from controlplane import events, store
+from controlplane import events, power, store
 from controlplane.conditions import is_true, set_condition
 from controlplane.models import NodeLease, Resource
 
@@ -58,22 +58,33 @@ def renew(name: str) -> None:
     renewed_here[name] = time.monotonic()
 
 
-def heartbeat(name: str, devices: list[dict[str, Any]] | None = None) -> int:
-    """Renew the node's lease; returns the Node's resourceVersion.
+class Beat(NamedTuple):
+    """What a heartbeat answers with: the Node's resourceVersion and its desired power limits."""
 
-    The common case (no device change, node already Ready) is one small query
-    and no write to the Node, because a fleet heartbeats many times a second.
+    resource_version: int
+    power_limits: dict[str, float | None]
+
+
+def heartbeat(
+    name: str, devices: list[dict[str, Any]] | None = None, power_report: dict[str, Any] | None = None
+) -> Beat:
+    """Renew the node's lease; returns the Node's resourceVersion and desired power limits.
+
+    The common case (no device change, node already Ready, no new power report) is
+    one small query and no write to the Node, because a fleet heartbeats many times a
+    second. ``power_report`` is ``PowerReport.as_status()``: what the agent applied.
     """
     if devices is None:
         rows = Resource.objects.filter(kind="Node", name=name).values_list("status", "resource_version")[:1]
         row = rows[0] if rows else None
-        if row is not None and is_true(row[0], "Ready"):
+        reported = power_report is not None and row is not None and power.report_differs(row[0], power_report)
+        if row is not None and not reported and is_true(row[0], "Ready"):
             # Write the lease only when it has aged a little: staleness is judged against
             # FLOTILLA_NODE_TIMEOUT, and every write takes SQLite's single write lock.
             refresh = settings.FLOTILLA_NODE_TIMEOUT / 4
             known = renewed_here.get(name)
             if known is not None and time.monotonic() - known < refresh:
-                return row[1]
+                return Beat(row[1], power.desired_limits(row[0]))
             # One statement that writes only when the lease has aged; a lease that does not
             # exist matches nothing either way, so it is told apart by a second look.
             stamp = now()
@@ -82,17 +93,23 @@ def heartbeat(name: str, devices: list[dict[str, Any]] | None = None) -> int:
             ).update(renewed_at=stamp)
             if known is not None or NodeLease.objects.filter(node_name=name).exists():
                 renewed_here[name] = time.monotonic()
-                return row[1]
-    return _heartbeat(name, devices).resource_version
+                return Beat(row[1], power.desired_limits(row[0]))
+    node = _heartbeat(name, devices, power_report)
+    return Beat(node.resource_version, power.desired_limits(node.status))
 
 
-def _heartbeat(name: str, devices: list[dict[str, Any]] | None) -> Resource:
+def _heartbeat(
+    name: str, devices: list[dict[str, Any]] | None, power_report: dict[str, Any] | None
+) -> Resource:
     with transaction.atomic():
-        node = store.get("Node", name)
+        # Locked: a controller may be writing status.power.desired at the same moment.
+        node = store.get("Node", name, for_update=True)
         renew(name)
         status = copy.deepcopy(node.status)
         if devices is not None:
             status["devices"] = devices
+        if power_report is not None:
+            power.record_report(status, power_report)
         if set_condition(status, "Ready", True, "AgentHeartbeat", "agent is posting heartbeats"):
             events.record(node, "NodeReady", "heartbeats resumed", source=SOURCE)
         store.update_status(node, status)

@@ -11,20 +11,30 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Callable
+from functools import partial
 from typing import Any, NamedTuple
 
 from django.db import transaction
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from common.specs import KINDS, WORKLOAD_FINALIZER, DeploymentSpec, TrainingJobSpec
 from controlplane import events, fleet, store
 from controlplane.conditions import is_true, set_condition
+from controlplane.controllers.sizing import (
+    Choice,
+    OwnerSpec,
+    Planned,
+    describe_plan,
+    placement_request,
+    plan_ahead,
+    role_of,
+    scheduler_for,
+    sizing_plan,
+)
 from controlplane.controllers.workload_config import runtime_config
 from controlplane.kube.pods import executor_spec
 from controlplane.models import Event, Resource
-from controlplane.policies import PolicyProblem, resolve
-from plugins.planning import PlanProblem
-from plugins.types import FleetView, PlacementRequest, SchedulePlan
+from plugins.types import FleetView, SchedulePlan
 
 log = logging.getLogger(__name__)
 SOURCE = "owner-controller"
@@ -32,11 +42,7 @@ REPLICA_LABEL = "flotilla.dev/replica"
 OWNER_LABEL = "flotilla.dev/owner"
 
 
-def role_of(kind: str) -> str:
-    return "train" if kind == "TrainingJob" else "serve"
-
-
-def desired_replicas(kind: str, spec: DeploymentSpec | TrainingJobSpec) -> int:
+def desired_replicas(kind: str, spec: OwnerSpec) -> int:
     return spec.replicas if isinstance(spec, DeploymentSpec) else 1
 
 
@@ -58,20 +64,8 @@ def owned_workloads(owner: Resource) -> list[Resource]:
     return sorted(Resource.objects.filter(kind="Workload", owner_uid=str(owner.uid)), key=replica_index)
 
 
-class Planned(NamedTuple):
-    """A sizing plan made before the writers' lock was taken, valid while the owner
-    (its resourceVersion) and its scheduler are unchanged."""
-
-    resource_version: int
-    scheduler: str
-    plan: SchedulePlan | None
-    problem: str | None
-    # The snapshot the plan was made on, refreshed for placement (fleet.refresh).
-    view: tuple[FleetView, fleet.Basis] | None = None
-
-
 def reconcile(kind: str, name: str) -> None:
-    planned = _plan_ahead(kind, name)
+    planned = plan_ahead(kind, name)
     with transaction.atomic():
         store.lock_writes()  # scheduling reads free GPUs; no other writer may interleave
         owner = store.find(kind, name)
@@ -83,38 +77,6 @@ def reconcile(kind: str, name: str) -> None:
             _converge(owner, planned)
 
 
-def _plan_ahead(kind: str, name: str) -> Planned | None:
-    """Size a Deployment before taking the writers' lock.
-
-    A sizing plan runs the simulator and reads the whole fleet; done under the lock
-    it would hold every other writer (applies, heartbeats' status writes, other
-    reconciles) for that long. The plan is used only if the owner is unchanged once
-    the lock is held; placement itself still happens under the lock, on a fresh
-    snapshot, so a plan made on slightly stale free counts can only leave replicas
-    unplaced for the next pass, never double-book a GPU.
-    """
-    if kind != "Deployment":
-        return None
-    owner = store.find(kind, name)
-    if owner is None or owner.deletion_timestamp is not None:
-        return None
-    try:
-        spec = DeploymentSpec.model_validate(owner.spec)
-    except ValidationError:
-        return None  # _converge reports it
-    choice = scheduler_for(spec)
-    if isinstance(choice, str):
-        return None
-    views: list[tuple[FleetView, fleet.Basis]] = []
-
-    def take_snapshot() -> FleetView:
-        views.append(fleet.reusable_snapshot())
-        return views[-1][0]
-
-    plan, problem = _sizing_plan(owner, spec, choice, owner.status, take_snapshot)
-    return Planned(owner.resource_version, choice[0].name, plan, problem, views[-1] if views else None)
-
-
 def _finalize(owner: Resource) -> None:
     workloads = owned_workloads(owner)
     gone = sum(store.request_delete(workload) for workload in workloads)
@@ -122,35 +84,59 @@ def _finalize(owner: Resource) -> None:
         events.record(owner, "Deleting", f"removed {gone}/{len(workloads)} workloads", source=SOURCE)
     if gone == len(workloads):
         # Workloads with finalizers of their own (an agent stopping them) hold the owner.
-        store.set_finalizers(owner, [f for f in owner.finalizers if f != WORKLOAD_FINALIZER])
+        store.remove_finalizer(owner, WORKLOAD_FINALIZER)
+
+
+class Targets(NamedTuple):
+    """How many replicas to run per GPU type (``None``: any type), and why."""
+
+    counts: dict[str | None, int]
+    plan: SchedulePlan | None
+    plan_problem: str | None
+    succeeded: bool  # a TrainingJob that finished: nothing runs again
+
+    @property
+    def desired(self) -> int:
+        return sum(self.counts.values())
 
 
 def _converge(owner: Resource, planned: Planned | None = None) -> None:
-    info = KINDS[owner.kind]
-    spec = info.spec_model.model_validate(owner.spec)
+    """One pass: drop Workloads on lost nodes, decide the targets, scale down, place
+    what is missing, write the status."""
+    spec = KINDS[owner.kind].spec_model.model_validate(owner.spec)
     status = copy.deepcopy(owner.status)
-    if WORKLOAD_FINALIZER not in owner.finalizers:
-        store.set_finalizers(owner, [*owner.finalizers, WORKLOAD_FINALIZER])
-
-    view: FleetView | None = None
-    if planned is not None and planned.view is not None:
-        # The plan's snapshot brought up to date under the lock: its Ready nodes are
-        # current, and placement uses it unless something is deleted below.
-        view, basis = fleet.refresh(*planned.view)
-        usable = {node.name for node in view.nodes if node.ready}
-    else:
-        usable = fleet.ready_node_names()
+    store.add_finalizer(owner, WORKLOAD_FINALIZER)
+    view, usable = _placement_view(planned)
     workloads = owned_workloads(owner)
-    deleted = False
+    lost = _drop_lost(owner, workloads, usable)
+    choice = scheduler_for(spec)
+    targets = _targets(owner, spec, choice, status, planned, workloads)
+    workloads, missing, scaled_down = _scale_down(owner, workloads, targets.counts)
+    placing = partial(_fresh_view, view, lost or scaled_down)  # read only if something is missing
+    unschedulable = _unschedulable(owner, spec, choice, placing, workloads, missing, targets)
+    _write_status(owner, spec, status, workloads, targets, unschedulable)
 
-    # Replicas on nodes that are gone or not ready are replaced elsewhere, except in
-    # a full disruption: when no node at all is Ready, the likelier cause is our own
-    # outage (nobody's heartbeats got through), and moving everything would only
-    # restart every Workload. Replicas on deleted nodes are replaced regardless.
+
+def _placement_view(planned: Planned | None) -> tuple[tuple[FleetView, fleet.Basis] | None, set[str]]:
+    """The plan's snapshot brought up to date under the lock (or None), and the Ready nodes."""
+    if planned is None or planned.view is None:
+        return None, fleet.ready_node_names()
+    # Its Ready nodes are current, and placement uses it unless something is deleted first.
+    view = fleet.refresh(*planned.view)
+    return view, {node.name for node in view[0].nodes if node.ready}
+
+
+def _drop_lost(owner: Resource, workloads: list[Resource], usable: set[str]) -> bool:
+    """Delete (and take out of ``workloads``) the replicas whose node is lost; True if any.
+
+    Replicas on nodes that are gone or not ready are replaced elsewhere, except in a
+    full disruption: when no node at all is Ready, the likelier cause is our own outage
+    (nobody's heartbeats got through), and moving everything would only restart every
+    Workload. Replicas on deleted nodes are replaced regardless.
+    """
     existing = fleet.node_names() if not usable else set()
-    for workload in [
-        w for w in workloads if w.node_name not in usable and (usable or w.node_name not in existing)
-    ]:
+    lost = [w for w in workloads if w.node_name not in usable and (usable or w.node_name not in existing)]
+    for workload in lost:
         events.record(
             owner,
             "Rescheduling",
@@ -160,86 +146,117 @@ def _converge(owner: Resource, planned: Planned | None = None) -> None:
         )
         store.request_delete(workload)
         workloads.remove(workload)
-        deleted = True
+    return bool(lost)
 
-    choice = scheduler_for(spec)
+
+def _targets(
+    owner: Resource,
+    spec: OwnerSpec,
+    choice: Choice,
+    status: dict[str, Any],
+    planned: Planned | None,
+    workloads: list[Resource],
+) -> Targets:
+    """Replicas per GPU type: from the sizing plan, else spec.replicas; none once trained."""
+    plan, plan_problem = _current_plan(owner, spec, choice, status, planned)
+    counts: dict[str | None, int]
+    if plan is not None and not plan.supported:
+        counts = {None: 0}  # shown, not run: see plugins/distserve.py
+    elif plan is not None:
+        counts = dict(plan.replicas)
+    elif plan_problem:
+        counts = {None: len(workloads)}  # keep what runs; place nothing until it can be planned
+    else:
+        counts = {None: desired_replicas(owner.kind, spec)}
+    succeeded = owner.kind == "TrainingJob" and _training_finished(owner, status, workloads)
+    if succeeded:
+        counts = {None: 0}  # done: release the GPUs, and never start it again
+    return Targets(counts, plan, plan_problem, succeeded)
+
+
+def _current_plan(
+    owner: Resource, spec: OwnerSpec, choice: Choice, status: dict[str, Any], planned: Planned | None
+) -> tuple[SchedulePlan | None, str | None]:
+    """The plan made before the lock while it still holds (same owner version and
+    scheduler), else one made now."""
     if (
         planned is not None
         and planned.resource_version == owner.resource_version
         and not isinstance(choice, str)
         and planned.scheduler == choice[0].name
     ):
-        plan, plan_problem = planned.plan, planned.problem
-    else:
-        plan, plan_problem, planned = *_sizing_plan(owner, spec, choice, status), None
-    targets: dict[str | None, int]
-    if plan is not None and not plan.supported:
-        targets = {None: 0}  # shown, not run: see plugins/distserve.py
-    elif plan is not None:
-        targets = dict(plan.replicas)
-    elif plan_problem:
-        targets = {None: len(workloads)}  # keep what runs; place nothing until it can be planned
-    else:
-        targets = {None: desired_replicas(owner.kind, spec)}
-    succeeded = owner.kind == "TrainingJob" and _training_finished(owner, status, workloads)
-    if succeeded:
-        targets = {None: 0}  # done: release the GPUs, and never start it again
-    desired = sum(targets.values())
+        return planned.plan, planned.problem
+    return sizing_plan(owner, spec, choice, status)
 
-    groups = _group_by_target(workloads, targets)
-    excess = [w for group, kept in groups.items() for w in kept[targets.get(group, 0) :]]
+
+def _scale_down(
+    owner: Resource, workloads: list[Resource], counts: dict[str | None, int]
+) -> tuple[list[Resource], dict[str | None, int], bool]:
+    """Delete the replicas beyond each group's target; return the kept ones, how many each
+    group lacks, and whether anything was deleted."""
+    groups = _group_by_target(workloads, counts)
+    excess = [w for group, kept in groups.items() for w in kept[counts.get(group, 0) :]]
     for workload in excess:
         store.request_delete(workload)
     if excess:
-        deleted = True
         events.record(owner, "ScaledDown", f"removed {len(excess)} replicas", source=SOURCE)
-    workloads = sorted(
-        (w for group, kept in groups.items() for w in kept[: targets.get(group, 0)]), key=replica_index
-    )
+    kept = sorted((w for group, ws in groups.items() for w in ws[: counts.get(group, 0)]), key=replica_index)
+    missing = {group: n - len(groups.get(group, [])) for group, n in counts.items()}
+    return kept, missing, bool(excess)
 
-    unschedulable: str | None = None
-    missing = {group: n - len(groups.get(group, [])) for group, n in targets.items()}
-    if isinstance(choice, str) and any(n > 0 for n in missing.values()):
-        unschedulable = choice
-    elif any(n > 0 for n in missing.values()):
-        # Read after the deletes above, in the same transaction: what they freed is free.
-        if view is None:
-            view = fleet.snapshot()
-        elif deleted:
-            view = fleet.refresh(view, basis)[0]
-        reasons = []
-        for group, count in missing.items():
-            if count > 0:
-                reason = _place(owner, spec, choice, view, workloads, count, group)
+
+def _unschedulable(
+    owner: Resource,
+    spec: OwnerSpec,
+    choice: Choice,
+    placing: Callable[[], FleetView],
+    workloads: list[Resource],
+    missing: dict[str | None, int],
+    targets: Targets,
+) -> str | None:
+    """Place each group's missing replicas (appended to ``workloads``) on ``placing()``;
+    say why not all of them run, or None."""
+    reasons: list[str] = []
+    if any(n > 0 for n in missing.values()):
+        if isinstance(choice, str):
+            reasons = [choice]
+        else:
+            view = placing()
+            for group, count in missing.items():
+                reason = _place(owner, spec, choice, view, workloads, count, group) if count > 0 else None
                 reasons += [reason] if reason else []
-        unschedulable = "; ".join(reasons) or None
-    if plan_problem:
-        unschedulable = plan_problem
-    if plan is not None and plan.shortfall and not unschedulable:
-        unschedulable = f"partial mix: {plan.shortfall}"
+    reason = targets.plan_problem or "; ".join(reasons) or None
+    if targets.plan is not None and targets.plan.shortfall and not reason:
+        reason = f"partial mix: {targets.plan.shortfall}"
+    return f"{len(workloads)}/{targets.desired} scheduled; {reason}" if reason else None
 
-    if unschedulable:
-        unschedulable = f"{len(workloads)}/{desired} scheduled; {unschedulable}"
-    if succeeded:
-        set_condition(status, "Scheduled", True, "Completed", "training finished")
-        set_condition(status, "Ready", False, "Completed", "training finished")
-        set_condition(status, "Progressing", False, "Completed", "training finished")
-    elif plan is not None and not plan.supported:
-        message = f"{plan.reason}; planned: {describe_plan(plan)}"
-        if set_condition(status, "Scheduled", False, "RuntimeUnsupported", message):
-            events.record(owner, "RuntimeUnsupported", message, type_="Warning", source=SOURCE)
-        set_condition(status, "Ready", False, "RuntimeUnsupported", "nothing runs: the plan is shown only")
-        set_condition(status, "Progressing", False, "RuntimeUnsupported", "waiting for runtime support")
-    else:
-        _set_conditions(owner, status, workloads, desired, unschedulable)
-    if plan is not None:
-        status["plan"] = {**plan.to_dict(), "generation": owner.generation}
-    elif not plan_problem:
+
+def _fresh_view(view: tuple[FleetView, fleet.Basis] | None, stale: bool) -> FleetView:
+    """The snapshot to place on, read after this pass's deletes in the same transaction
+    (what they freed is free): the plan's one, refreshed again when ``stale``."""
+    if view is None:
+        return fleet.snapshot()
+    return fleet.refresh(*view)[0] if stale else view[0]
+
+
+def _write_status(
+    owner: Resource,
+    spec: OwnerSpec,
+    status: dict[str, Any],
+    workloads: list[Resource],
+    targets: Targets,
+    unschedulable: str | None,
+) -> None:
+    """Conditions, the plan, and what runs where; one write, none when nothing changed."""
+    _set_outcome(owner, status, workloads, targets, unschedulable)
+    if targets.plan is not None:
+        status["plan"] = {**targets.plan.to_dict(), "generation": owner.generation}
+    elif not targets.plan_problem:
         status.pop("plan", None)
     _note_unsupported(owner, spec)
     status["observedGeneration"] = owner.generation
     status["replicas"] = {
-        "desired": desired,
+        "desired": targets.desired,
         "scheduled": len(workloads),
         "ready": sum(is_true(w.status, "Ready") for w in workloads),
     }
@@ -251,15 +268,33 @@ def _converge(owner: Resource, planned: Planned | None = None) -> None:
         if progress:
             status["progress"] = progress
     status["placements"] = [
-        {
-            "workload": w.name,
-            "node": w.node_name,
-            "gpus": w.spec.get("gpus", []),
-            "role": w.spec.get("role"),
-        }
+        {"workload": w.name, "node": w.node_name, "gpus": w.spec.get("gpus", []), "role": w.spec.get("role")}
         for w in workloads
     ]
     store.update_status(owner, status)
+
+
+def _set_outcome(
+    owner: Resource,
+    status: dict[str, Any],
+    workloads: list[Resource],
+    targets: Targets,
+    unschedulable: str | None,
+) -> None:
+    """Scheduled, Ready and Progressing: finished, shown-only, or by the replicas running."""
+    plan = targets.plan
+    if targets.succeeded:
+        set_condition(status, "Scheduled", True, "Completed", "training finished")
+        set_condition(status, "Ready", False, "Completed", "training finished")
+        set_condition(status, "Progressing", False, "Completed", "training finished")
+    elif plan is not None and not plan.supported:
+        message = f"{plan.reason}; planned: {describe_plan(plan)}"
+        if set_condition(status, "Scheduled", False, "RuntimeUnsupported", message):
+            events.record(owner, "RuntimeUnsupported", message, type_="Warning", source=SOURCE)
+        set_condition(status, "Ready", False, "RuntimeUnsupported", "nothing runs: the plan is shown only")
+        set_condition(status, "Progressing", False, "RuntimeUnsupported", "waiting for runtime support")
+    else:
+        _set_conditions(owner, status, workloads, targets.desired, unschedulable)
 
 
 def _training_finished(owner: Resource, status: dict[str, Any], workloads: list[Resource]) -> bool:
@@ -276,7 +311,7 @@ def _training_finished(owner: Resource, status: dict[str, Any], workloads: list[
     return True
 
 
-def _note_unsupported(owner: Resource, spec: DeploymentSpec | TrainingJobSpec) -> None:
+def _note_unsupported(owner: Resource, spec: OwnerSpec) -> None:
     """Checkpointing comes with the checkpointer plugins; until then say, once, that
     the validated spec.checkpoint section is not acted on."""
     if not isinstance(spec, TrainingJobSpec):
@@ -293,86 +328,6 @@ def _note_unsupported(owner: Resource, spec: DeploymentSpec | TrainingJobSpec) -
         type_="Warning",
         source=SOURCE,
     )
-
-
-def scheduler_for(spec: DeploymentSpec | TrainingJobSpec) -> tuple[Any, BaseModel] | str:
-    """The owner's scheduler plugin and its params, or why there is none."""
-    cluster_spec = {}
-    if spec.cluster:
-        cluster = store.find("Cluster", spec.cluster)
-        if cluster is None:
-            return f"cluster {spec.cluster} does not exist; apply it or remove spec.cluster"
-        cluster_spec = cluster.spec
-    policy_name = spec.policies.scheduler or cluster_spec.get("policies", {}).get("scheduler")
-    try:
-        return resolve("scheduler", policy_name)
-    except PolicyProblem as exc:
-        return f"{exc}; {exc.fix}"
-
-
-def placement_request(
-    owner: Resource, spec: DeploymentSpec | TrainingJobSpec, replicas: int, gpu_type: str | None = None
-) -> PlacementRequest:
-    return PlacementRequest(
-        owner_kind=owner.kind,
-        owner_name=owner.name,
-        replicas=replicas,
-        gpus_per_replica=spec.resources.gpusPerReplica,
-        gpu_types=[gpu_type] if gpu_type else list(spec.resources.gpuTypes),
-        gpu_memory_gib=spec.resources.gpuMemoryGiB,
-        node_selector=dict(spec.resources.nodeSelector),
-        cluster=spec.cluster,
-        role=role_of(owner.kind),
-        spec=owner.spec,
-    )
-
-
-def _sizing_plan(
-    owner: Resource,
-    spec: DeploymentSpec | TrainingJobSpec,
-    choice: Any,
-    status: dict[str, Any],
-    take_snapshot: Callable[[], FleetView] = fleet.snapshot,
-) -> tuple[SchedulePlan | None, str | None]:
-    """Ask a sizing scheduler (melange, distserve) how many replicas of which type to run.
-
-    Only Deployments that declare a request rate (or disaggregation) are sized. A
-    plan that was placed in full for this generation is kept, not re-solved on
-    every pass: replicas must not move because another owner took some GPUs.
-    """
-    if isinstance(choice, str) or not isinstance(spec, DeploymentSpec):
-        return None, None
-    scheduler, params = choice
-    if not hasattr(scheduler, "plan"):
-        return None, None
-    if not spec.workload.requestsPerSecond and spec.disaggregation != "auto":
-        return None, None
-    previous = status.get("plan") or {}
-    if (
-        previous.get("generation") == owner.generation
-        and previous.get("policy") == scheduler.name
-        and previous.get("supported", True)
-        and not previous.get("shortfall")
-        and is_true(status, "Scheduled")
-    ):
-        return SchedulePlan.from_dict(previous), None
-    try:
-        request = placement_request(owner, spec, 0)
-        request.observed = status.get("observedWorkload")  # traffic measured live, if any
-        plan = scheduler.plan(request=request, fleet=take_snapshot(), params=params)
-    except PlanProblem as exc:
-        return None, f"cannot plan with {scheduler.name}: {exc}; {exc.field}: {exc.fix}"
-    return plan, None
-
-
-def describe_plan(plan: SchedulePlan) -> str:
-    if plan.roles:
-        parts = [
-            f"{role} {r['instances']}×{r['tensorParallel']}×{r['gpuType']}" for role, r in plan.roles.items()
-        ]
-    else:
-        parts = [f"{n}×{t}" for t, n in sorted(plan.replicas.items())]
-    return ", ".join(parts) + f" at ${plan.cost_per_hour:.2f}/h"
 
 
 def _group_by_target(
@@ -398,7 +353,7 @@ def _group_by_target(
 
 def _place(
     owner: Resource,
-    spec: DeploymentSpec | TrainingJobSpec,
+    spec: OwnerSpec,
     choice: tuple[Any, BaseModel],
     view: Any,
     workloads: list[Resource],

@@ -18,7 +18,7 @@ Decisions (docs/kubernetes.md, "Executor", explains them to operators):
   Pod is pinned with ``spec.nodeName`` and asks for ``nvidia.com/gpu`` = the Workload's
   GPU count; the device plugin chooses which GPUs (Flotilla's indices are accounting).
 - **Restart policy** follows the supervisor: serve ``Always``; train ``OnFailure``
-  (a crash resumes from its checkpoint, exit 0 is done).
+  (a crash restarts it: from step 0 until checkpoints are written; exit 0 is done).
 - **Collected by label, held by a finalizer.** Flotilla objects are not Kubernetes
   objects, so a Pod cannot carry an ownerReference to its Workload. Pods are labelled
   ``flotilla.dev/workload-uid``; one whose Workload is gone is deleted. A Workload gets
@@ -136,8 +136,7 @@ def _hold(workload: Resource) -> bool:
         current = store.get("Workload", workload.name, for_update=True)
         if current.deletion_timestamp is not None:
             return False
-        if FINALIZER not in current.finalizers:
-            store.set_finalizers(current, [*current.finalizers, FINALIZER])
+        store.add_finalizer(current, FINALIZER)
         return True
 
 
@@ -149,8 +148,7 @@ def release(workload: Resource) -> str:
         if current is None or str(current.uid) != str(workload.uid) or FINALIZER not in current.finalizers:
             return "unchanged"
         current = store.get("Workload", workload.name, for_update=True)
-        store.set_finalizers(current, [f for f in current.finalizers if f != FINALIZER])
-        return "released"
+        return "released" if store.remove_finalizer(current, FINALIZER) else "unchanged"
 
 
 # --- the API --------------------------------------------------------------------------------

@@ -13,8 +13,8 @@ from django.http import HttpRequest
 
 from common.specs import name_problem
 from common.timeutil import now, parse_rfc3339, rfc3339
-from controlplane.api import endpoint, int_param
 from controlplane.errors import Invalid, NotFound
+from controlplane.http import endpoint, int_param
 from controlplane.models import Resource
 from controlplane.telemetry import store
 

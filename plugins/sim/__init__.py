@@ -1,5 +1,5 @@
 """A pure-Python serving simulator: GPU latency profiles, request traces, an engine-faithful
-discrete-event simulation, and SLO goodput search.
+discrete-event simulation, SLO goodput search, and the replay of a recorded trace.
 
 Schedulers (Mélange, DistServe), ``flotilla plan`` and the benchmarks all size fleets with it,
 so it imports only the standard library: no Django, no torch, no NumPy.
@@ -9,6 +9,7 @@ from plugins.sim.hardware import HARDWARE, Hardware, get_hardware
 from plugins.sim.profiles import SHAPES, GpuProfile, ModelShape, estimate, fit
 from plugins.sim.simulator import RequestResult, SimResult, simulate, simulate_disaggregated
 from plugins.sim.slo import Slo, goodput, goodput_per_gpu, judged_length, max_rate, meets, steady
+from plugins.sim.trace import Trace, TraceError, load_trace, replay, with_poisson_arrivals
 from plugins.sim.workload import (
     DEFAULT_BUCKETS,
     Buckets,
@@ -35,6 +36,8 @@ __all__ = [
     "RequestResult",
     "SimResult",
     "Slo",
+    "Trace",
+    "TraceError",
     "estimate",
     "fit",
     "gamma",
@@ -43,13 +46,16 @@ __all__ = [
     "goodput_per_gpu",
     "judged_length",
     "load_burstgpt",
+    "load_trace",
     "max_rate",
     "meets",
     "mixed_80_20",
     "poisson",
+    "replay",
     "short_chat",
     "simulate",
     "simulate_disaggregated",
     "steady",
     "summarisation",
+    "with_poisson_arrivals",
 ]

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from agents.runtimes import plugin_choice
 from agents.runtimes.model import build_model
 from agents.runtimes.serve.engine import Engine
 from agents.runtimes.serve.kvcache import PagedKVCache
@@ -27,7 +28,8 @@ from agents.runtimes.tokenizer import load_tokenizer
 
 log = logging.getLogger("flotilla.serve")
 # kvCacheBlocks wins over kvCacheBytes; with neither, the engine sizes the cache itself.
-CONFIG_KEYS = {"model", "kvCacheBlocks", "kvCacheBytes", "maxBatch", "drainSeconds", "name"}
+# cache: {policy, plugin, params}, the cache plugin the Deployment's policies.cache chose.
+CONFIG_KEYS = {"model", "kvCacheBlocks", "kvCacheBytes", "maxBatch", "drainSeconds", "name", "cache"}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -56,6 +58,17 @@ def load_config(path: str) -> dict[str, Any]:
     return config
 
 
+def resolve_cache(config: dict[str, Any], path: str) -> plugin_choice.PluginChoice | None:
+    """The cache plugin the config names, resolved at start-up so that a node without it
+    fails at once, naming the plugin, instead of serving without the cache it was given."""
+    if config.get("cache") is None:
+        return None
+    try:
+        return plugin_choice.resolve("cache", config["cache"], "cache")
+    except plugin_choice.PluginChoiceError as exc:
+        raise SystemExit(f"--config {path}: {exc}; {exc.fix}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m agents.runtimes.serve", description=__doc__.splitlines()[0]
@@ -74,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     config = load_config(args.config)
+    # Kept for the engine, which calls it in a later issue; /stats names it meanwhile.
+    cache = resolve_cache(config, args.config)
     device = resolve_device(args.device)
     try:
         model, model_config = build_model(config["model"], device)
@@ -94,11 +109,11 @@ def main(argv: list[str] | None = None) -> int:
         )
     engine = Engine(model, kv_blocks=kv_blocks, max_batch=config.get("maxBatch") or 32, tokenizer=tokenizer)
     name = config.get("name") or config["model"].get("source", "builtin:tiny-llama")
-    server = ServingHTTPServer((args.host, args.port), engine, name)
+    server = ServingHTTPServer((args.host, args.port), engine, name, cache=cache)
     engine.start()
     log.info(
-        "serving %s on %s (%s, %s, %d KV blocks)", name, server.url, device, model_config.torch_dtype(device),
-        engine.cache.num_blocks,
+        "serving %s on %s (%s, %s, %d KV blocks, cache policy %s)", name, server.url, device,
+        model_config.torch_dtype(device), engine.cache.num_blocks, cache.name if cache else "none",
     )  # fmt: skip
 
     stopping = threading.Event()

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from agents.runtimes.plugin_choice import PluginChoice
 from agents.runtimes.serve.engine import Engine, EngineClosed
 from agents.runtimes.serve.request import Request
 from agents.runtimes.serve.sampling import SamplingParams
@@ -166,7 +167,9 @@ class ServeHandler(BaseHTTPRequestHandler):
         elif path == "/metrics":
             self._send(200, engine.metrics.prometheus(engine.gauges()).encode(), "text/plain; version=0.0.4")
         elif path == "/stats":
-            self._json(200, {"model": self.server.model_name, **engine.stats()})
+            cache = self.server.cache
+            named = {"cachePolicy": cache.name} if cache is not None else {}
+            self._json(200, {"model": self.server.model_name, **named, **engine.stats()})
         elif path == "/v1/models":
             self._json(200, {"object": "list", "data": [{"id": self.server.model_name, "object": "model"}]})
         else:
@@ -266,15 +269,19 @@ class ServeHandler(BaseHTTPRequestHandler):
 
 
 class ServingHTTPServer(ThreadingHTTPServer):
-    """A ThreadingHTTPServer that knows its engine and model name."""
+    """A ThreadingHTTPServer that knows its engine, model name and cache plugin."""
 
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], engine: Engine, model_name: str):
+    def __init__(
+        self, address: tuple[str, int], engine: Engine, model_name: str, cache: PluginChoice | None = None
+    ):
         super().__init__(address, ServeHandler)
         self.engine = engine
         self.model_name = model_name
+        # The cache plugin spec.config.cache chose; /stats names it (cachePolicy).
+        self.cache = cache
         self._inflight = 0
         self._idle = threading.Condition()
 

@@ -12,7 +12,10 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from agents.runtimes.plugin_choice import PluginChoice
 
 DEFAULT_LEARNING_RATE = 3e-4
 DEFAULT_SEQ_LEN_CAP = 128
@@ -41,6 +44,9 @@ class TrainConfig:
     learningRate: float = DEFAULT_LEARNING_RATE
     seed: int | None = None
     checkpoint: dict[str, Any] | None = None
+    # The checkpointer plugin checkpoint.plugin names, resolved on this node; the loop calls
+    # it in a later issue, and names it in its started event and log line meanwhile.
+    checkpointer: PluginChoice | None = None
     warnings: list[str] = field(default_factory=list)
 
 
@@ -64,7 +70,13 @@ def parse_config(raw: Any) -> TrainConfig:
         for name in sorted(set(raw) - KNOWN - PASSED_THROUGH)
     ]
     checkpoint = _checkpoint(raw.get("checkpoint"))
-    if checkpoint is not None:
+    checkpointer = _checkpointer(checkpoint)
+    if checkpointer is not None:
+        warnings.append(
+            f"checkpoint: checkpointer {checkpointer.name!r} resolved but not called yet; this "
+            "basic runtime does not checkpoint, so a restarted job starts again from step 0"
+        )
+    elif checkpoint is not None:
         warnings.append(
             "checkpoint: validated but ignored; this basic runtime does not checkpoint yet, "
             "so a restarted job starts again from step 0"
@@ -80,6 +92,7 @@ def parse_config(raw: Any) -> TrainConfig:
         learningRate=_learning_rate(raw.get("learningRate", DEFAULT_LEARNING_RATE)),
         seed=_seed(raw.get("seed")),
         checkpoint=checkpoint,
+        checkpointer=checkpointer,
         warnings=warnings,
     )
 
@@ -142,14 +155,16 @@ def _seed(value: Any) -> int | None:
 
 
 def _checkpoint(value: Any) -> dict[str, Any] | None:
-    """Checks the TrainingJob checkpoint section the same way the API does, though it is unused yet."""
+    """Checks the checkpoint section: the TrainingJob's (policy, everySteps), plus the plugin
+    and params the control plane resolved the policy to (controllers/workload_config.py)."""
     if value is None or value == {}:
         return None
     if not isinstance(value, dict):
         raise ConfigError("checkpoint", 'must be an object such as {"policy": "NAME", "everySteps": 100}')
-    unknown = sorted(set(value) - {"policy", "everySteps"})
+    unknown = sorted(set(value) - {"policy", "everySteps", "plugin", "params"})
     if unknown:
-        raise ConfigError(f"checkpoint.{unknown[0]}", "unknown field; only policy and everySteps are allowed")
+        known = "policy, everySteps, plugin and params"
+        raise ConfigError(f"checkpoint.{unknown[0]}", f"unknown field; only {known} are allowed")
     policy = value.get("policy")
     if policy is not None and (not isinstance(policy, str) or not policy):
         raise ConfigError("checkpoint.policy", "must be the name of a checkpointer Policy")
@@ -157,3 +172,19 @@ def _checkpoint(value: Any) -> dict[str, Any] | None:
     if isinstance(every, bool) or not isinstance(every, int) or every < 1:
         raise ConfigError("checkpoint.everySteps", f"must be an integer >= 1 (got {every!r})")
     return dict(value)
+
+
+def _checkpointer(checkpoint: dict[str, Any] | None) -> PluginChoice | None:
+    """The checkpointer ``checkpoint.plugin`` names, from this node's plugin registry.
+
+    Imported here, not at the top: loading the registry imports every installed plugin,
+    which a config without a checkpointer should not wait for.
+    """
+    if checkpoint is None or "plugin" not in checkpoint:
+        return None
+    from agents.runtimes.plugin_choice import PluginChoiceError, resolve
+
+    try:
+        return resolve("checkpointer", checkpoint, "checkpoint")
+    except PluginChoiceError as exc:
+        raise ConfigError(exc.field, f"{exc.message.removeprefix(exc.field + ': ')}; {exc.fix}") from None

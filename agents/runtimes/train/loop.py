@@ -97,9 +97,12 @@ def train(config: TrainConfig, device: torch.device, reporter: Reporter, stop: S
     if stop.signal is not None:  # asked to stop while torch was loading: never announce a start
         return Outcome(step=0, loss=None, signal=stop.signal)
     reporter.tokens_per_step = config.batchSize * seq_len
+    # The checkpointer the config chose (not called yet: a later issue saves through it).
+    chosen = {"checkpointer": config.checkpointer.name} if config.checkpointer else {}
     reporter.log(
         f"training on {device} ({stream.origin}, {len(stream.tokens):,} tokens) "
         f"batch {config.batchSize} x seqLen {seq_len}, lr {config.learningRate:g}, seed {seed}"
+        + "".join(f", {key} {value}" for key, value in chosen.items())
     )
     reporter.start(
         params=sum(p.numel() for p in model.parameters()),
@@ -107,6 +110,7 @@ def train(config: TrainConfig, device: torch.device, reporter: Reporter, stop: S
         seqLen=seq_len,
         batchSize=config.batchSize,
         seed=seed,
+        **chosen,
     )
     loss_value: float | None = None
     for step in range(1, config.steps + 1):
