@@ -12,46 +12,26 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from agents.runtimes.serve.metrics import percentile as nearest_rank
+from agents.runtimes.serve.bench_cli import add_parser as add_serve_bench
+from cli.bench_agents import add_parser as add_agents_bench
+from cli.bench_dashboard import add_parser as add_dashboard_bench
+from cli.bench_schedulers import add_parser as add_schedulers_bench
+from cli.bench_stack import GPU_MEMORY_MIB, add_backend_args, on_each_backend, percentile
 from cli.output import table
-from cli.stack import Stack, backend_env
+from cli.stack import Stack
 from common.client import Client, ClientError
 from common.ports import free_port
-
-GPU_MEMORY_MIB = 81559
-
-
-def add_backend_args(parser: argparse.ArgumentParser) -> None:
-    """--backends, --database-url, --broker-url and --json: what every stack bench takes."""
-    parser.add_argument(
-        "--backends",
-        default="sqlite,postgresql",
-        help="comma-separated: sqlite (embedded defaults), postgresql (needs --database-url)",
-    )
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test"),
-        help="a PostgreSQL server; the bench creates and drops a database of its own there",
-    )
-    parser.add_argument(
-        "--broker-url",
-        default=os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/0"),
-        help="the Redis broker used with postgresql",
-    )
-    parser.add_argument("--json", dest="json_path", help="also write the JSON result here")
 
 
 def add_bench_parser(sub: Any) -> None:
@@ -80,28 +60,8 @@ def add_bench_parser(sub: Any) -> None:
     )
     add_backend_args(apply)
     apply.set_defaults(handler=run_apply_bench)
-
-    from agents.runtimes.serve.bench_cli import add_parser as add_serve_bench
-
-    add_serve_bench(benches)
-
-    from cli.bench_agents import add_parser as add_agents_bench
-
-    add_agents_bench(benches)
-
-    from cli.bench_dashboard import add_parser as add_dashboard_bench
-
-    add_dashboard_bench(benches)
-
-    from cli.bench_schedulers import add_parser as add_schedulers_bench
-
-    add_schedulers_bench(benches)
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile, NaN (printed as such) when nothing was measured."""
-    value = nearest_rank(values, q)
-    return float("nan") if value is None else value
+    for add_bench in (add_serve_bench, add_agents_bench, add_dashboard_bench, add_schedulers_bench):
+        add_bench(benches)
 
 
 def deployment_doc(index: int, gpu_types: list[str] | None = None, scheduler: str | None = None) -> str:
@@ -269,25 +229,6 @@ def bench_backend(label: str, env: dict[str, str], args: argparse.Namespace) -> 
             }
         finally:
             stack.stop()
-
-
-def on_each_backend(
-    args: argparse.Namespace, bench: Callable[[str, dict[str, str], argparse.Namespace], dict[str, Any]]
-) -> list[dict[str, Any]] | None:
-    """Run ``bench`` on each back end named in ``--backends``, one after the other on this
-    machine, so their figures compare like with like; None for an unknown name."""
-    results = []
-    for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
-        if backend == "sqlite":
-            with backend_env(None, None) as env:
-                results.append(bench("sqlite+filesystem", env, args))
-        elif backend == "postgresql":
-            with backend_env(args.database_url, args.broker_url, "flotilla_bench") as env:
-                results.append(bench("postgresql+redis", env, args))
-        else:
-            print(f"error: unknown backend {backend!r}; use sqlite or postgresql", file=sys.stderr)
-            return None
-    return results
 
 
 def run_apply_bench(args: argparse.Namespace) -> int:

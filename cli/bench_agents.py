@@ -29,7 +29,7 @@ import httpx
 import yaml
 
 from cli import bench_http
-from cli.bench import GPU_MEMORY_MIB, add_backend_args, on_each_backend, percentile
+from cli.bench_stack import GPU_MEMORY_MIB, add_backend_args, on_each_backend, percentile
 from cli.output import table
 from cli.stack import Stack
 from common.ports import free_port

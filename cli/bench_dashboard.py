@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cli.bench import add_backend_args, on_each_backend
+from cli.bench_stack import add_backend_args, on_each_backend
 from cli.output import table
 from cli.stack import PYTHON, Stack
 

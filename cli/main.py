@@ -1,41 +1,44 @@
 """The ``flotilla`` command line.
 
 Client commands talk to the API over HTTP and never load Django; ``up`` and
-``bench`` start processes of their own.
+``bench`` start processes of their own. Every sub-command names its handler with
+``set_defaults(handler=...)``, a function of the parsed arguments, and ``main`` calls it.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
+from agents.cli import add_agent_parser
 from cli import output
+from cli.bench import add_bench_parser
+from cli.documents import read_files
+from cli.profile import add_profile_parser
+from cli.up import add_up_parser
 from common.client import Client, ClientError
 from common.specs import KINDS, kind_for
 
-YAML_SUFFIXES = {".yaml", ".yml", ".json"}
+Handler = Callable[[argparse.Namespace], int]
 
 
-def read_files(paths: list[str]) -> str:
-    """Concatenate the documents of files and directories (sorted, non-recursive)."""
-    chunks = []
-    for raw in paths:
-        path = Path(raw)
-        if raw == "-":
-            chunks.append(sys.stdin.read())
-        elif path.is_dir():
-            files = sorted(p for p in path.iterdir() if p.suffix in YAML_SUFFIXES)
-            if not files:
-                raise ClientError(f"{path} has no .yaml, .yml or .json files")
-            chunks += [f.read_text() for f in files]
-        elif path.exists():
-            chunks.append(path.read_text())
-        else:
-            raise ClientError(f"{path} does not exist")
-    return "\n---\n".join(chunk.strip().removeprefix("---") for chunk in chunks)
+def with_client(command: Callable[[argparse.Namespace, Client], int]) -> Handler:
+    """The handler of a command that talks to the API: a Client for --server and --token,
+    closed when the command is done."""
+
+    @functools.wraps(command)
+    def handler(args: argparse.Namespace) -> int:
+        client = Client(args.server, args.token)
+        try:
+            return command(args, client)
+        finally:
+            client.close()
+
+    return handler
 
 
 def resolve_kind(word: str) -> Any:
@@ -73,6 +76,15 @@ def cmd_apply(args: argparse.Namespace, client: Client) -> int:
             print("  scheduling:")
             print("\n".join("    " + line for line in render(item["schedule"]).splitlines()))
     return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    """``plan mix`` solves offline; any other plan is an apply with --dry-run."""
+    if args.what == "mix":
+        from cli import plan_mix
+
+        return plan_mix.run(args.filename[0], output=args.output, time_limit_s=args.time_limit)
+    return with_client(cmd_apply)(args)
 
 
 def cmd_get(args: argparse.Namespace, client: Client) -> int:
@@ -216,17 +228,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--token", help="API token (default: FLOTILLA_TOKEN, then config.yml)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    up = sub.add_parser("up", help="run everything on this machine with embedded defaults")
-    up.add_argument("--port", type=int, default=8000)
-    up.add_argument("--host", default="127.0.0.1")
-    up.add_argument("--no-agent", action="store_true", help="do not register this machine as a node")
+    add_up_parser(sub)
 
     apply = sub.add_parser("apply", help="create or update resources from YAML/JSON")
     apply.add_argument(
         "-f", "--filename", action="append", required=True, help="file, directory or - (repeatable)"
     )
     apply.add_argument("--dry-run", action="store_true", help="show the plan and diff; change nothing")
+    apply.set_defaults(handler=with_client(cmd_apply))
 
     plan = sub.add_parser(
         "plan",
@@ -237,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("-f", "--filename", action="append", required=True, help="file, directory or -")
     plan.add_argument("-o", "--output", choices=["yaml", "json", "table"], default="table")
     plan.add_argument("--time-limit", type=float, default=1.0, help="plan mix: MILP time limit in seconds")
-    plan.set_defaults(dry_run=True)
+    plan.set_defaults(dry_run=True, handler=cmd_plan)
 
     get = sub.add_parser("get", help="list resources or show one")
     get.add_argument("kind")
@@ -245,34 +254,41 @@ def build_parser() -> argparse.ArgumentParser:
     get.add_argument("-o", "--output", choices=["yaml", "json", "wide"])
     get.add_argument("-l", "--selector", help="label selector, k=v[,k=v]")
     get.add_argument("-w", "--watch", action="store_true", help="after listing, print changes as they happen")
+    get.set_defaults(handler=with_client(cmd_get))
 
     describe = sub.add_parser("describe", help="spec, status, conditions and recent events of one object")
     describe.add_argument("kind")
     describe.add_argument("name")
+    describe.set_defaults(handler=with_client(cmd_describe))
 
     delete = sub.add_parser("delete", help="delete an object (its workloads go first)")
     delete.add_argument("kind")
     delete.add_argument("name")
     delete.add_argument("--wait", action="store_true", help="wait until it is gone")
     delete.add_argument("--timeout", type=float, default=60.0)
+    delete.set_defaults(handler=with_client(cmd_delete))
 
     events = sub.add_parser("events", help="recent events, for everything or one object")
     events.add_argument("kind", nargs="?")
     events.add_argument("name", nargs="?")
     events.add_argument("--limit", type=int, default=50)
+    events.set_defaults(handler=with_client(cmd_events))
 
     logs = sub.add_parser("logs", help="print a workload's output (shipped by its agent)")
     logs.add_argument("target", help="workload/NAME")
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing new output")
+    logs.set_defaults(handler=with_client(cmd_logs))
 
     plugins = sub.add_parser("plugins", help="installed plugins by kind, with their parameters")
     plugins.add_argument("-o", "--output", choices=["yaml", "json"])
+    plugins.set_defaults(handler=with_client(cmd_plugins))
 
     token = sub.add_parser("token", help="manage API tokens")
     token_sub = token.add_subparsers(dest="token_command", required=True)
     create = token_sub.add_parser("create", help="create a token; it is printed once")
     create.add_argument("--role", choices=["admin", "operator", "viewer", "agent"], default="viewer")
     create.add_argument("--name")
+    create.set_defaults(handler=with_client(cmd_token))
 
     user = sub.add_parser("user", help="manage dashboard users")
     user_sub = user.add_subparsers(dest="user_command", required=True)
@@ -282,10 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     user_create.add_argument(
         "--reset", action="store_true", help="set a new password (and role) if it exists"
     )
-
-    from agents.cli import add_agent_parser
-    from cli.bench import add_bench_parser
-    from cli.profile import add_profile_parser
+    user_create.set_defaults(handler=with_client(cmd_user))
 
     add_agent_parser(sub)
     add_bench_parser(sub)
@@ -293,38 +306,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS = {
-    "apply": cmd_apply,
-    "plan": cmd_apply,
-    "get": cmd_get,
-    "describe": cmd_describe,
-    "delete": cmd_delete,
-    "events": cmd_events,
-    "plugins": cmd_plugins,
-    "logs": cmd_logs,
-    "token": cmd_token,
-    "user": cmd_user,
-}
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    handler: Handler = args.handler
     try:
-        if args.command == "up":
-            from cli.up import run_up
-
-            return run_up(args)
-        if args.command in ("agent", "bench", "profile"):
-            return args.handler(args)
-        if args.command == "plan" and args.what == "mix":
-            from cli import plan_mix
-
-            return plan_mix.run(args.filename[0], output=args.output, time_limit_s=args.time_limit)
-        client = Client(args.server, args.token)
-        try:
-            return COMMANDS[args.command](args, client)
-        finally:
-            client.close()
+        return handler(args)
     except ClientError as exc:
         print(str(exc) if str(exc).startswith("error:") else f"error: {exc}", file=sys.stderr)
         return 1

@@ -7,13 +7,23 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-from cli.main import read_files
+from cli.documents import read_files
 from cli.stack import PYTHON, Stack
 from common.client import Client, ClientError, load_config, write_config
 from common.envhelpers import envint, flotilla_home
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def add_up_parser(sub: Any) -> None:
+    """Add ``up`` to the ``flotilla`` sub-commands."""
+    up = sub.add_parser("up", help="run everything on this machine with embedded defaults")
+    up.add_argument("--port", type=int, default=8000)
+    up.add_argument("--host", default="127.0.0.1")
+    up.add_argument("--no-agent", action="store_true", help="do not register this machine as a node")
+    up.set_defaults(handler=run_up)
 
 
 def run_up(args: argparse.Namespace) -> int:

@@ -1,4 +1,9 @@
-"""The OpenAPI 3.1 document for /api/v1/, built from the pydantic spec models."""
+"""The OpenAPI 3.1 document for /api/v1/, built from the pydantic spec models.
+
+It also describes the three token-free routes outside /api/v1/ (``/healthz``,
+``/readyz``, ``/metrics``): probes and scrapers are API clients too. Written by hand
+for now; ``tests/test_openapi_routes.py`` checks it against the URL resolver.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +28,16 @@ ERRORS = {
     "403": _ok(_ref("Error"), "The token's role may not do this"),
     "404": _ok(_ref("Error"), "Not found"),
 }
+# Operations anyone may call: probes, scrapers, and this document itself.
+PUBLIC: list[dict[str, list[str]]] = []
+
+
+def _query(name: str, schema: dict[str, Any], description: str | None = None) -> dict[str, Any]:
+    parameter = {"name": name, "in": "query", "schema": schema}
+    return {**parameter, "description": description} if description else parameter
+
+
+LIMIT = _query("limit", {"type": "integer", "default": 100}, "clamped to 1-1000")
 
 
 def _components() -> dict[str, Any]:
@@ -111,6 +126,7 @@ def _components() -> dict[str, Any]:
             "type": "object",
             "properties": {"items": {"type": "array", "items": {"type": "object"}}},
         },
+        **_heartbeat_schemas(),
     }
     for kind, info in KINDS.items():
         spec_schema = info.spec_model.model_json_schema(ref_template="#/components/schemas/{model}")
@@ -131,6 +147,58 @@ def _components() -> dict[str, Any]:
     return {
         "schemas": schemas,
         "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+    }
+
+
+def _heartbeat_schemas() -> dict[str, Any]:
+    """The agent's heartbeat and its answer (docs/api.md, "Agent protocol")."""
+    gpu_index = {"pattern": "^(0|[1-9][0-9]{0,3})$", "description": "a GPU index, 0-1023"}
+    watts = {"type": "number", "exclusiveMinimum": 0, "maximum": 10000}
+    return {
+        "Heartbeat": {
+            "type": "object",
+            "properties": {
+                "name": {"type": "string", "description": "the node; a node token may name only its own"},
+                "devices": {
+                    "type": "array",
+                    "maxItems": 256,
+                    "items": {"type": "object"},
+                    "description": "replaces the Node's status.devices when sent",
+                },
+                "telemetry": {"type": "object", "description": "device and Workload samples"},
+                "appliedPowerLimits": {
+                    "type": "object",
+                    "propertyNames": gpu_index,
+                    "additionalProperties": watts,
+                    "maxProperties": 256,
+                    "description": "watts each GPU's board has now; sent with powerBackend, once "
+                    "after the agent applied a powerLimits answer",
+                },
+                "powerBackend": {"enum": ["off", "simulate", "nvml"]},
+                "powerError": {"type": ["string", "null"], "maxLength": 1000},
+            },
+            "required": ["name"],
+        },
+        "HeartbeatAnswer": {
+            "type": "object",
+            "properties": {
+                "resourceVersion": {"type": "string"},
+                "at": {"type": "number", "description": "the server's clock, seconds since the epoch"},
+                "powerLimits": {
+                    "type": "object",
+                    "propertyNames": gpu_index,
+                    "additionalProperties": {"oneOf": [watts, {"type": "null"}]},
+                    "description": "what controllers want each GPU capped at; null lifts the cap "
+                    "to the board's default. Absent when nothing was asked",
+                },
+                "telemetryRejected": {
+                    "type": "object",
+                    "description": "the error, when the telemetry was malformed and dropped; "
+                    "the heartbeat still counted",
+                },
+            },
+            "required": ["resourceVersion", "at"],
+        },
     }
 
 
@@ -207,9 +275,61 @@ def _kind_paths(kind: str, plural: str) -> dict[str, Any]:
         f"/api/v1/{plural}/{{name}}/events": {
             "parameters": [name_param],
             "get": {
-                "summary": f"Events about one {kind}",
+                "summary": f"Events about one {kind}, newest first",
+                "parameters": [LIMIT],
                 "responses": {"200": _ok(_ref("EventList")), **ERRORS},
             },
+        },
+    }
+
+
+def _public_paths() -> dict[str, Any]:
+    """The routes that need no token: this document, the probes and the metrics."""
+    probe = {
+        "type": "object",
+        "properties": {
+            "status": {"enum": ["ok", "unavailable"]},
+            "failed": {"type": "array", "items": {"type": "string"}},
+            "checks": {"type": "object", "additionalProperties": {"type": "string"}},
+        },
+    }
+    return {
+        "/api/v1/openapi.json": {
+            "get": {
+                "summary": "This document",
+                "security": PUBLIC,
+                "responses": {"200": _ok({"type": "object"})},
+            }
+        },
+        "/healthz": {
+            "get": {
+                "summary": "Liveness: the process answers; it checks nothing else",
+                "security": PUBLIC,
+                "responses": {"200": _ok(probe)},
+            }
+        },
+        "/readyz": {
+            "get": {
+                "summary": "Readiness: the database and the Celery broker answer",
+                "security": PUBLIC,
+                "responses": {
+                    "200": _ok(probe),
+                    "503": _ok(probe, "A check failed; `failed` names it"),
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Aggregate counts in Prometheus text format (no names)",
+                "security": PUBLIC,
+                "responses": {
+                    "200": {
+                        "description": "OK",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                    "404": _ok(_ref("Error"), "Metrics are off (FLOTILLA_METRICS=false)"),
+                },
+            }
         },
     }
 
@@ -239,13 +359,25 @@ def document() -> dict[str, Any]:
         },
         "/api/v1/events": {
             "get": {
-                "summary": "Recent events",
+                "summary": "Recent events, newest first",
+                "parameters": [
+                    _query("kind", {"type": "string"}, "Deployment, deployment or deployments"),
+                    _query("name", {"type": "string"}),
+                    _query("type", {"enum": ["Normal", "Warning"]}),
+                    LIMIT,
+                ],
                 "responses": {"200": _ok(_ref("EventList")), **ERRORS},
             }
         },
         "/api/v1/audit": {
             "get": {
-                "summary": "The audit log (admin)",
+                "summary": "The audit log (admin), newest first",
+                "parameters": [
+                    _query("actor", {"type": "string"}, "the token's name"),
+                    _query("kind", {"type": "string"}),
+                    _query("name", {"type": "string"}),
+                    LIMIT,
+                ],
                 "responses": {"200": _ok(_ref("EventList")), **ERRORS},
             }
         },
@@ -310,6 +442,9 @@ def document() -> dict[str, Any]:
                     {"name": "until", "in": "query", "schema": {"type": "string"}},
                     {"name": "resolution", "in": "query", "schema": {"enum": ["raw", "minute", "auto"]}},
                     {"name": "device", "in": "query", "schema": {"type": "integer"}},
+                    _query(
+                        "limit", {"type": "integer", "default": 2000}, "clamped to 1-20000; the newest points"
+                    ),
                 ],
                 "responses": {"200": _ok({"type": "object"}), "422": _ok(_ref("Error"), "Invalid"), **ERRORS},
             }
@@ -329,13 +464,19 @@ def document() -> dict[str, Any]:
         },
         "/api/v1/agent/heartbeat": {
             "post": {
-                "summary": "Agent protocol: heartbeat",
-                "responses": {"200": _ok({"type": "object"}), **ERRORS},
+                "summary": "Agent protocol: heartbeat, with telemetry and the power limits applied",
+                "requestBody": {"required": True, "content": {JSON: {"schema": _ref("Heartbeat")}}},
+                "responses": {
+                    "200": _ok(_ref("HeartbeatAnswer")),
+                    "422": _ok(_ref("Error"), "Invalid devices or power report; the beat did not count"),
+                    **ERRORS,
+                },
             }
         },
     }
     for kind, info in KINDS.items():
         paths.update(_kind_paths(kind, info.plural))
+    paths.update(_public_paths())
     return {
         "openapi": "3.1.0",
         "info": {"title": "Flotilla API", "version": "v1"},

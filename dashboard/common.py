@@ -1,4 +1,7 @@
-"""Helpers shared by the dashboard's pages: pagination, condition badges, actors, numbers."""
+"""Helpers shared by the dashboard's pages: pagination, actors, query strings, numbers.
+
+The owner pages' condition badges and Workload rows are ``dashboard.owners``.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +10,6 @@ from typing import Any
 
 from django.core.paginator import Page, Paginator
 from django.http import HttpRequest
-
-from controlplane.conditions import get_condition
 
 PER_PAGE = 50
 
@@ -21,16 +22,6 @@ def page_of(request: HttpRequest, items: Any, per_page: int = PER_PAGE) -> Page:
 def actor(request: HttpRequest) -> str:
     """How the audit log names a dashboard user (API tokens appear by their own name)."""
     return f"user/{request.user.get_username()}"
-
-
-def badge(status: dict[str, Any], kind: str) -> tuple[str, str]:
-    """(css class, text) for a condition: ok when True, warn when False, idle when unknown."""
-    item = get_condition(status, kind)
-    if item is None:
-        return "", f"{kind}: unknown"
-    if item.get("status") == "True":
-        return "ok", kind
-    return "warn", item.get("reason") or f"not {kind}"
 
 
 def querystring(request: HttpRequest, **changes: Any) -> str:

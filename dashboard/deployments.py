@@ -1,10 +1,11 @@
 """Deployments: the list, one Deployment's page, and the operator's actions on it.
 
 The list shows, per Deployment, replicas ready/desired, where its Workloads run,
-its SLO targets against the latency its replicas last reported, its endpoints and
-its conditions. A page of 50 costs the same handful of queries whatever the fleet's
-size: one for the page, one for all of its Workloads, one for the newest telemetry
-of their nodes. A sized Deployment's page also shows its scheduler's plan
+its SLO targets against the latency its replicas last reported (``dashboard.serving``),
+its endpoints and its conditions (``dashboard.owners``, shared with the Training jobs
+pages). A page of 50 costs the same handful of queries whatever the fleet's size: one
+for the page, one for all of its Workloads, one for the newest telemetry of their
+nodes. A sized Deployment's page also shows its scheduler's plan
 (status.plan), with every estimate marked as one.
 
 Every write (scale, edit, delete) goes through ``controlplane.apply`` or
@@ -14,10 +15,6 @@ generation bumps and the audit log are the same whichever door an operator uses.
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Iterable
-from datetime import datetime, timedelta
-from statistics import fmean
 from typing import Any
 
 import yaml
@@ -26,57 +23,25 @@ from django.core.paginator import Page
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import path
-from django.utils.safestring import SafeString
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
 from common.specs import KINDS
-from common.timeutil import now
 from controlplane import api, store
 from controlplane import apply as applier
 from controlplane.conditions import is_true
-from controlplane.controllers.owners import replica_index
 from controlplane.errors import ApiError, Invalid
 from controlplane.models import Event, Resource
 from controlplane.telemetry import store as telemetry
-from controlplane.telemetry.models import RawSample
 from dashboard.applypage import parse_text, plan_rows, problem_view
-from dashboard.charts import Series, line_chart
-from dashboard.common import actor, badge, page_of, querystring
+from dashboard.common import actor, page_of, querystring
+from dashboard.owners import condition_badges, workload_rows, workloads_by_owner
 from dashboard.plans import plan_view
 from dashboard.roles import needs
+from dashboard.serving import charts, measured, slo_lines
 
 KIND = "Deployment"
 STATES = ("Ready", "Progressing", "Unschedulable", "Deleting")
-CHART_WINDOW = timedelta(hours=1)
 EVENTS_SHOWN = 20
-
-# --- what serving Workloads report ----------------------------------------------------------
-#
-# The agent sends each Workload's numeric /stats values (agents/runtimes/serve/metrics.py)
-# under the raw sample's ``workloads``, flattened one level (agents.agent.flat_numbers):
-# requestsTotal, kvBlocksUsed/Free/Total, and ``ttftSeconds.p99``, ``tpotSeconds.p50`` ...
-QUANTILES = ("p99", "p50")
-
-
-def latency_ms(metrics: dict[str, float], which: str) -> tuple[float, str] | None:
-    """(milliseconds, quantile) of ``ttft``/``tpot`` in one Workload's metrics; p99 preferred."""
-    for quantile in QUANTILES:
-        value = metrics.get(f"{which}Seconds.{quantile}")
-        if value is not None:
-            return value * 1000.0, quantile
-    return None
-
-
-def kv_blocks(metrics: dict[str, float]) -> tuple[float, float] | None:
-    """(used, total) KV-cache blocks, or None when the Workload does not report them."""
-    used = metrics.get("kvBlocksUsed")
-    total = metrics.get("kvBlocksTotal")
-    if total is None and used is not None and metrics.get("kvBlocksFree") is not None:
-        total = used + metrics["kvBlocksFree"]
-    if used is None or not total:
-        return None
-    return used, total
-
 
 # --- reading ----------------------------------------------------------------------------
 
@@ -102,46 +67,10 @@ def _state(status: dict[str, Any]) -> str:
     return "Ready" if is_true(status, "Ready") else "Progressing"
 
 
-def _badges(resource: Resource) -> list[tuple[str, str]]:
-    """Scheduled and Ready as badges; a refused placement is bad, not merely pending."""
-    shown = []
-    if resource.deletion_timestamp is not None:
-        shown.append(("bad", "Deleting"))
-    for kind in ("Scheduled", "Ready"):
-        css, text = badge(resource.status, kind)
-        if kind == "Scheduled" and css == "warn":
-            css = "bad"
-        shown.append((css, text))
-    return shown
-
-
-def _workload_rows(owner_uids: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
-    """Each owner's Workloads (name, node, GPUs, role, phase, ready), in one query."""
-    found: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    rows = Resource.objects.filter(kind="Workload", owner_uid__in=list(owner_uids)).only(
-        "name", "owner_uid", "node_name", "gpu_indices", "spec", "status", "labels"
-    )
-    for workload in sorted(rows, key=replica_index):
-        found[workload.owner_uid].append(
-            {
-                "name": workload.name,
-                "node": workload.node_name,
-                "gpus": [int(i) for i in workload.gpu_indices.split(",") if i],
-                "role": workload.spec.get("role", ""),
-                "phase": workload.status.get("phase") or "Pending",
-                "ready": is_true(workload.status, "Ready"),
-                "endpoint": workload.status.get("endpoint") or "",
-                "message": _ready_message(workload.status),
-            }
-        )
-    return found
-
-
-def _ready_message(status: dict[str, Any]) -> str:
-    for item in status.get("conditions") or []:
-        if item.get("type") == "Ready":
-            return item.get("message") or item.get("reason") or ""
-    return ""
+def _badges(resource: Resource) -> list[dict[str, Any]]:
+    """Scheduled and Ready, reason alone; a refused placement is bad, not merely pending."""
+    deleting = [{"css": "bad", "text": "Deleting"}] if resource.deletion_timestamp is not None else []
+    return deleting + condition_badges(resource.status, ("Scheduled", "Ready"), named=False, any_refusal=True)
 
 
 def placement(workloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -157,41 +86,6 @@ def placement(workloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
-def measured(workloads: list[dict[str, Any]], latest: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The slowest replica's reported TTFT and TPOT, from its node's newest sample."""
-    worst: dict[str, tuple[float, str]] = {}
-    for w in workloads:
-        metrics = ((latest.get(w["node"]) or {}).get("workloads") or {}).get(w["name"])
-        for which in ("ttft", "tpot"):
-            value = latency_ms(metrics, which) if metrics else None
-            if value is not None and value[0] >= worst.get(which, (-1.0, ""))[0]:
-                worst[which] = value
-    return worst
-
-
-def slo_lines(spec: dict[str, Any], worst: dict[str, tuple[float, str]]) -> list[dict[str, Any]]:
-    """TTFT and TPOT: target, measured (or None) and whether the measurement meets the target."""
-    slo = spec.get("slo") or {}
-    lines = []
-    for which, key in (("ttft", "ttftMs"), ("tpot", "tpotMs")):
-        target = slo.get(key)
-        value, quantile = worst.get(which, (None, ""))
-        css = ""
-        if value is not None and target:
-            css = "ok" if value <= target else "bad"
-        lines.append(
-            {
-                "metric": which,
-                "label": which.upper(),
-                "target": target,
-                "value": value,
-                "quantile": quantile,
-                "css": css,
-            }
-        )
-    return lines
-
-
 def endpoints(status: dict[str, Any]) -> list[dict[str, Any]]:
     """status.endpoints; only http(s) URLs become links."""
     return [
@@ -203,7 +97,9 @@ def endpoints(status: dict[str, Any]) -> list[dict[str, Any]]:
 
 def rows_for(resources: list[Resource]) -> list[dict[str, Any]]:
     """Table rows for a page of Deployments: two queries however many there are."""
-    workloads = _workload_rows(str(r.uid) for r in resources)
+    workloads = {
+        uid: workload_rows(owned) for uid, owned in workloads_by_owner(str(r.uid) for r in resources).items()
+    }
     nodes = {w["node"] for ws in workloads.values() for w in ws}
     latest = telemetry.latest_many(nodes) if nodes else {}
     rows = []
@@ -273,109 +169,6 @@ def editable_yaml(resource: Resource) -> str:
         metadata["annotations"] = resource.annotations
     document = {"apiVersion": "flotilla.dev/v1", "kind": KIND, "metadata": metadata, "spec": resource.spec}
     return yaml.safe_dump(document, sort_keys=False, default_flow_style=False)
-
-
-def _minute(moment: datetime) -> datetime:
-    return moment.replace(second=0, microsecond=0)
-
-
-def _samples(workloads: list[dict[str, Any]], since: datetime) -> dict[datetime, dict[str, list[dict]]]:
-    """Raw telemetry of these Workloads since ``since``, by minute and Workload (one query).
-
-    Only raw samples carry Workload metrics, and they are kept for the last hour.
-    """
-    nodes = {w["node"] for w in workloads if w["node"]}
-    names = {w["name"] for w in workloads}
-    by_minute: dict[datetime, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
-    if not nodes:
-        return by_minute
-    rows = RawSample.objects.filter(node__in=nodes, at__gte=since).order_by("at")
-    for at, reported in rows.values_list("at", "workloads"):
-        for name, metrics in (reported or {}).items():
-            if name in names and isinstance(metrics, dict):
-                by_minute[_minute(at)][name].append({"at": at, **metrics})
-    return by_minute
-
-
-def _request_rates(by_minute: dict[datetime, dict[str, list[dict]]]) -> dict[datetime, float]:
-    """Requests per second per minute, summed over replicas, from requestsTotal counter deltas.
-
-    A counter that went down (a restarted runtime) starts over; that interval is skipped.
-    """
-    last: dict[str, tuple[datetime, float]] = {}
-    rates: dict[datetime, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for minute in sorted(by_minute):
-        for name, samples in by_minute[minute].items():
-            for sample in samples:
-                total = sample.get("requestsTotal")
-                if total is None:
-                    continue
-                previous = last.get(name)
-                last[name] = (sample["at"], total)
-                if previous is None:
-                    continue
-                seconds = (sample["at"] - previous[0]).total_seconds()
-                if seconds > 0 and total >= previous[1]:
-                    rates[minute][name].append((total - previous[1]) / seconds)
-    return {minute: sum(fmean(v) for v in per.values()) for minute, per in rates.items()}
-
-
-def _latency(by_minute: dict[datetime, dict[str, list[dict]]], which: str) -> dict[datetime, float]:
-    """Mean over replicas and samples of each minute's reported latency, in ms."""
-    found = {}
-    for minute, per in by_minute.items():
-        values = [v[0] for samples in per.values() for s in samples if (v := latency_ms(s, which))]
-        if values:
-            found[minute] = fmean(values)
-    return found
-
-
-def _kv_use(by_minute: dict[datetime, dict[str, list[dict]]]) -> dict[datetime, float]:
-    """KV-cache blocks in use as % of all replicas' blocks, per minute."""
-    found = {}
-    for minute, per in by_minute.items():
-        used = total = 0.0
-        for samples in per.values():
-            pairs = [p for s in samples if (p := kv_blocks(s))]
-            if pairs:
-                used += fmean(p[0] for p in pairs)
-                total += fmean(p[1] for p in pairs)
-        if total:
-            found[minute] = 100.0 * used / total
-    return found
-
-
-def _points(values: dict[datetime, float], minutes: list[datetime]) -> list[tuple[datetime, float | None]]:
-    """One point per minute of the window; a minute without data breaks the line."""
-    return [(m, values.get(m)) for m in minutes]
-
-
-def charts(workloads: list[dict[str, Any]]) -> dict[str, SafeString]:
-    """Request rate, TTFT/TPOT and KV-cache use over the last hour (or each chart's empty note)."""
-    end = _minute(now())
-    minutes = [end - timedelta(minutes=n) for n in range(int(CHART_WINDOW.total_seconds() // 60), -1, -1)]
-    by_minute = _samples(workloads, minutes[0])
-    return {
-        "requests": line_chart(
-            [Series("requests/s", _points(_request_rates(by_minute), minutes))],
-            title="Request rate",
-            unit="req/s",
-        ),
-        "latency": line_chart(
-            [
-                Series("TTFT", _points(_latency(by_minute, "ttft"), minutes)),
-                Series("TPOT", _points(_latency(by_minute, "tpot"), minutes)),
-            ],
-            title="Latency",
-            unit="ms",
-        ),
-        "kv": line_chart(
-            [Series("KV cache in use", _points(_kv_use(by_minute), minutes))],
-            title="KV cache in use",
-            unit="%",
-            y_max=100.0,
-        ),
-    }
 
 
 def _events(name: str) -> list[Event]:
@@ -553,11 +346,11 @@ def delete(request: HttpRequest, name: str) -> HttpResponse:
         messages.error(request, f"Not deleted: type the name {name} in the box to confirm.")
         return redirect("deployment", name=name)
     try:
-        response = api.delete(KINDS[KIND], name, actor(request))
+        outcome = api.delete(KINDS[KIND], name, actor(request))
     except ApiError as exc:
         messages.error(request, f"Not deleted: {_error_text(exc)}")
         return redirect("deployment", name=name)
-    if response.status_code == 200:
+    if outcome.gone:
         messages.success(request, f"deployment/{name} deleted")
     else:
         messages.success(request, f"deployment/{name} is being deleted: its Workloads stop first")

@@ -32,6 +32,7 @@ from controlplane.telemetry import store as telemetry
 from controlplane.telemetry.models import RawSample
 from dashboard.charts import Series, line_chart
 from dashboard.common import number, page_of, querystring
+from dashboard.owners import condition_badges, workload_rows
 from dashboard.roles import needs
 
 KIND = "TrainingJob"
@@ -152,24 +153,6 @@ def state_of(job: Resource) -> tuple[str, str]:
     return "", "Pending"
 
 
-def condition_badges(status: dict[str, Any]) -> list[dict[str, str]]:
-    """Each condition as a badge: green when True (blue for Progressing), red for
-    Unschedulable, grey once Completed or Converged, amber for any other False."""
-    badges = []
-    for item in status.get("conditions") or []:
-        kind, reason = item.get("type", "?"), item.get("reason") or ""
-        if item.get("status") == "True":
-            css, text = ("info" if kind == "Progressing" else "ok"), kind
-        elif reason == "Unschedulable":
-            css, text = "bad", f"{kind}: {reason}"
-        elif reason in ("Completed", "Converged"):
-            css, text = "", f"{kind}: {reason}"
-        else:
-            css, text = "warn", f"{kind}: {reason or 'False'}"
-        badges.append({"css": css, "text": text, "title": item.get("message") or "", **item})
-    return badges
-
-
 def job_row(job: Resource) -> dict[str, Any]:
     css, word = state_of(job)
     return {
@@ -271,28 +254,6 @@ def loss_chart(points: list[tuple[float, float]]) -> SafeString:
 
 
 # --- detail --------------------------------------------------------------------------
-
-
-def workload_rows(workloads: list[Resource]) -> list[dict[str, Any]]:
-    rows = []
-    for workload in workloads:
-        ready = get_condition(workload.status, "Ready") or {}
-        rows.append(
-            {
-                "name": workload.name,
-                "node": workload.node_name,
-                "gpus": workload.spec.get("gpus", []),
-                "phase": workload.status.get("phase") or "Pending",
-                "ready": ready.get("status") == "True",
-                "reason": ready.get("reason") or "",
-                "message": ready.get("message") or "",
-                "restarts": workload.status.get("restarts", 0),
-                "exit_code": workload.status.get("lastExitCode"),
-                "last_log": workload.status.get("lastLog") or [],
-                "step": (workload.status.get("progress") or {}).get("step"),
-            }
-        )
-    return rows
 
 
 def job_events(job: Resource, names: list[str]) -> list[Event]:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,8 +9,6 @@ from pydantic import ValidationError
 
 from common import specs
 from common.specs import KINDS, Metadata, kind_for, name_problem
-
-ROOT = Path(__file__).resolve().parent.parent
 
 MINIMAL_SPECS: dict[str, dict[str, Any]] = {
     "Cluster": {},
@@ -313,25 +308,3 @@ def test_json_schemas_name_the_contract_fields():
     )
     assert {"gpuPrices", "powerBudgetWatts", "executor", "policies"} <= set(schemas["Cluster"]["properties"])
     assert schemas["TrainingJob"]["required"] == ["model", "data", "steps"]
-
-
-# --- imports ----------------------------------------------------------------------
-
-
-def test_pure_modules_import_without_django():
-    code = (
-        "import sys\n"
-        "import common.specs, plugins.types, plugins.binpack, plugins.manager, agents.devices\n"
-        "loaded = sorted(m for m in sys.modules if m == 'django' or m.startswith('django.'))\n"
-        "print('DJANGO:' + ','.join(loaded))\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)},
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "DJANGO:", result.stdout

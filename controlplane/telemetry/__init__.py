@@ -1,5 +1,6 @@
 """Telemetry: what agents report about their devices, stored with retention and downsampling.
 
-``schema`` is pure pydantic so agents can import it without Django; ``store`` is
-the one place that reads and writes the telemetry tables.
+``schema`` validates a sample with pydantic alone (the agent builds the same shape
+in ``agents/telemetry.py`` without importing it: agents never import controlplane);
+``store`` is the one place that reads and writes the telemetry tables.
 """
