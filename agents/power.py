@@ -15,12 +15,10 @@ import os
 from typing import Any, Protocol, runtime_checkable
 
 from agents.telemetry import default_limit, guarded, nvml, power_model
+from common.specs import MAX_POWER_ERROR_CHARS, MAX_POWER_LIMIT_WATTS
 
 log = logging.getLogger("flotilla.agent.power")
 BACKENDS = ("off", "simulate", "nvml")
-# What the control plane accepts in a report (controlplane/power.py).
-MAX_ERROR_CHARS = 1000
-MAX_WATTS = 10_000.0
 
 
 class PowerBackendError(RuntimeError):
@@ -249,10 +247,12 @@ class LimitFollower:
                 log.warning("GPU %d: power limit %s not applied: %s", index, watts, exc)
         self.report = {
             "appliedPowerLimits": {
-                str(i): w for i, w in self.backend.limits().items() if math.isfinite(w) and 0 < w <= MAX_WATTS
+                str(i): w
+                for i, w in self.backend.limits().items()
+                if math.isfinite(w) and 0 < w <= MAX_POWER_LIMIT_WATTS
             },
             "powerBackend": self.backend.name,
-            "powerError": "; ".join(errors)[:MAX_ERROR_CHARS] or None,
+            "powerError": "; ".join(errors)[:MAX_POWER_ERROR_CHARS] or None,
         }
 
     def sent(self, report: dict[str, Any] | None) -> None:

@@ -11,7 +11,6 @@ run one after the other on the same machine so their ratios compare like with li
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -27,7 +26,7 @@ from agents.runtimes.serve.bench_cli import add_parser as add_serve_bench
 from cli.bench_agents import add_parser as add_agents_bench
 from cli.bench_dashboard import add_parser as add_dashboard_bench
 from cli.bench_schedulers import add_parser as add_schedulers_bench
-from cli.bench_stack import GPU_MEMORY_MIB, add_backend_args, on_each_backend, percentile
+from cli.bench_stack import GPU_MEMORY_MIB, add_backend_args, on_each_backend, percentile, print_summary
 from cli.output import table
 from cli.stack import Stack
 from common.client import Client, ClientError
@@ -263,9 +262,6 @@ def run_apply_bench(args: argparse.Namespace) -> int:
             if a["latencyMs"]["p50"]
             else None,
         }
-    text = json.dumps(summary, indent=2)
-    print(text)
-    if args.json_path:
-        Path(args.json_path).write_text(text + "\n")
+    print_summary(args, summary)
     incomplete = any(r["scheduled"] < r["deployments"] or r["applyErrors"] for r in results)
     return 1 if incomplete else 0

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import random
 import shutil
@@ -29,7 +28,7 @@ import httpx
 import yaml
 
 from cli import bench_http
-from cli.bench_stack import GPU_MEMORY_MIB, add_backend_args, on_each_backend, percentile
+from cli.bench_stack import GPU_MEMORY_MIB, add_backend_args, on_each_backend, percentile, print_summary
 from cli.output import table
 from cli.stack import Stack
 from common.ports import free_port
@@ -324,8 +323,5 @@ def run(args: argparse.Namespace) -> int:
                 b["heartbeatMs"]["p99"] / a["heartbeatMs"]["p99"], 3
             )
         }
-    text = json.dumps(summary, indent=2)
-    print(text)
-    if args.json_path:
-        Path(args.json_path).write_text(text + "\n")
+    print_summary(args, summary)
     return 1 if any(r["errorCount"] for r in results) else 0

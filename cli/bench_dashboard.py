@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cli.bench_stack import add_backend_args, on_each_backend
+from cli.bench_stack import add_backend_args, on_each_backend, print_summary
 from cli.output import table
 from cli.stack import PYTHON, Stack
 
@@ -99,9 +99,6 @@ def run(args: argparse.Namespace) -> int:
             for pa, pb in pairs
             if pa["p50Ms"]
         }
-    text = json.dumps(summary, indent=2)
-    print(text)
-    if args.json_path:
-        Path(args.json_path).write_text(text + "\n")
+    print_summary(args, summary)
     slow = [p for r in results for p in r["pages"] if p["p99Ms"] >= TARGET_MS or p["status"] != 200]
     return 1 if slow else 0

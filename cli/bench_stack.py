@@ -8,9 +8,11 @@ on this machine, so that their figures compare like with like.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from agents.runtimes.serve.metrics import percentile as nearest_rank
@@ -56,6 +58,14 @@ def on_each_backend(
             print(f"error: unknown backend {backend!r}; use sqlite or postgresql", file=sys.stderr)
             return None
     return results
+
+
+def print_summary(args: argparse.Namespace, summary: dict[str, Any]) -> None:
+    """Print the bench's JSON summary after its table, and write it to ``--json`` if given."""
+    text = json.dumps(summary, indent=2)
+    print(text)
+    if args.json_path:
+        Path(args.json_path).write_text(text + "\n")
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -342,6 +342,10 @@ class Device(BaseModel):
 
 
 MAX_DEVICES = 256
+# The agent protocol's power fields (docs/agent.md, "Power limits"), checked by both ends:
+# no board takes a limit this high, so a bigger number is a unit mistake (milliwatts for watts).
+MAX_POWER_LIMIT_WATTS = 10_000.0
+MAX_POWER_ERROR_CHARS = 1000
 
 
 class Metadata(Spec):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from common.specs import API_VERSION, KINDS
+from common.specs import API_VERSION, KINDS, MAX_DEVICES, MAX_POWER_ERROR_CHARS, MAX_POWER_LIMIT_WATTS
 
 JSON = "application/json"
 
@@ -153,7 +153,7 @@ def _components() -> dict[str, Any]:
 def _heartbeat_schemas() -> dict[str, Any]:
     """The agent's heartbeat and its answer (docs/api.md, "Agent protocol")."""
     gpu_index = {"pattern": "^(0|[1-9][0-9]{0,3})$", "description": "a GPU index, 0-1023"}
-    watts = {"type": "number", "exclusiveMinimum": 0, "maximum": 10000}
+    watts = {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_POWER_LIMIT_WATTS}
     return {
         "Heartbeat": {
             "type": "object",
@@ -161,7 +161,7 @@ def _heartbeat_schemas() -> dict[str, Any]:
                 "name": {"type": "string", "description": "the node; a node token may name only its own"},
                 "devices": {
                     "type": "array",
-                    "maxItems": 256,
+                    "maxItems": MAX_DEVICES,
                     "items": {"type": "object"},
                     "description": "replaces the Node's status.devices when sent",
                 },
@@ -170,12 +170,12 @@ def _heartbeat_schemas() -> dict[str, Any]:
                     "type": "object",
                     "propertyNames": gpu_index,
                     "additionalProperties": watts,
-                    "maxProperties": 256,
+                    "maxProperties": MAX_DEVICES,
                     "description": "watts each GPU's board has now; sent with powerBackend, once "
                     "after the agent applied a powerLimits answer",
                 },
                 "powerBackend": {"enum": ["off", "simulate", "nvml"]},
-                "powerError": {"type": ["string", "null"], "maxLength": 1000},
+                "powerError": {"type": ["string", "null"], "maxLength": MAX_POWER_ERROR_CHARS},
             },
             "required": ["name"],
         },

@@ -26,14 +26,11 @@ from django.db import transaction
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from common.problems import Problem
-from common.specs import MAX_DEVICES
+from common.specs import MAX_DEVICES, MAX_POWER_ERROR_CHARS, MAX_POWER_LIMIT_WATTS
 from common.timeutil import now, rfc3339
 from controlplane import events, store
 from controlplane.models import Resource
 
-# No board takes this much; a bigger number is a unit mistake (milliwatts for watts).
-MAX_WATTS = 10_000.0
-MAX_ERROR_CHARS = 1000
 AGENT_KEYS = ("applied", "backend", "error")
 CONTROLLER_KEYS = ("desired", "desiredBy", "desiredAt")
 
@@ -47,7 +44,7 @@ def _index_key(value: str) -> str:
 # A GPU index as a JSON object key: "0", "7"; no sign, no leading zero, no spaces.
 IndexKey = Annotated[str, Field(pattern=r"^(0|[1-9][0-9]{0,3})$"), AfterValidator(_index_key)]
 GpuIndex = Annotated[int, Field(ge=0, le=1023, strict=True)]
-Watts = Annotated[float, Field(gt=0, le=MAX_WATTS, allow_inf_nan=False, strict=True)]
+Watts = Annotated[float, Field(gt=0, le=MAX_POWER_LIMIT_WATTS, allow_inf_nan=False, strict=True)]
 
 _DESIRED = TypeAdapter(Annotated[dict[GpuIndex, Watts | None], Field(max_length=MAX_DEVICES)])
 
@@ -59,7 +56,7 @@ class PowerReport(BaseModel):
 
     appliedPowerLimits: dict[IndexKey, Watts] = Field(max_length=MAX_DEVICES)
     powerBackend: Literal["off", "simulate", "nvml"]
-    powerError: str | None = Field(default=None, max_length=MAX_ERROR_CHARS)
+    powerError: str | None = Field(default=None, max_length=MAX_POWER_ERROR_CHARS)
 
     def as_status(self) -> dict[str, Any]:
         """The agent's part of ``status.power``."""

@@ -477,4 +477,5 @@ def owner_kinds() -> tuple[str, ...]:
 
 def default_plugin(kind: str) -> str | None:
     """The plugin a ``kind`` uses when nothing names one (binpack for scheduler), or None."""
-    return next((info.default for info in PLUGIN_KIND_TABLE.values() if info.kind == kind), None)
+    info = PLUGIN_KIND_TABLE.get(kind)
+    return info.default if info is not None else None
