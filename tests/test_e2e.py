@@ -37,6 +37,15 @@ def scheduled(live, name):
     return document if condition(document, "Scheduled") == "True" else None
 
 
+def converged(live, name):
+    """The Deployment once nothing more is under way: scheduled, its replicas Ready, and
+    Progressing=False (Converged), so no controller status write is still coming."""
+    document = scheduled(live, name)
+    if document is None or condition(document, "Ready") != "True":
+        return None
+    return document if condition(document, "Progressing") == "False" else None
+
+
 def workloads_of(live, name):
     return live.client.list("workloads", labelSelector=f"flotilla.dev/owner={name}")["items"]
 
@@ -84,8 +93,9 @@ def test_an_edit_is_configured_and_observed_generation_catches_up(live):
 
 def test_a_stale_replace_is_refused_with_409(live):
     apply(live, deployment("e2e-stale", replicas=1))
-    # Let the controller's first pass (finalizer, status) land, or it races our PUT.
-    current = wait_for(lambda: scheduled(live, "e2e-stale"), what="Scheduled")
+    # Let the Deployment converge (finalizer, Scheduled, then its replica Ready), or a status
+    # write in between (the agent reporting the Workload Ready) races our PUT with a 409.
+    current = wait_for(lambda: converged(live, "e2e-stale"), what="Ready and converged")
     body = {k: current[k] for k in ("apiVersion", "kind", "metadata", "spec")}
     body["metadata"] = {"name": "e2e-stale", "resourceVersion": current["metadata"]["resourceVersion"]}
     body["spec"]["replicas"] = 2
