@@ -26,6 +26,7 @@ from pydantic import (
     model_validator,
 )
 
+from common import apikeys
 from plugins.types import PluginKind, selectors
 
 API_VERSION = "flotilla.dev/v1"
@@ -163,6 +164,12 @@ class ServingWorkload(Spec):
     histogram: LengthHistogram | None = Field(
         default=None, description="lengths as a histogram; inputTokens/outputTokens are one bucket otherwise"
     )
+    sharedPrefixTokens: int | None = Field(
+        default=None,
+        ge=0,
+        description="prompt tokens a request shares with earlier ones (a system prompt, the conversation "
+        "so far): the simulator counts them as prefix-cache hits when the cache policy reuses prefixes",
+    )
 
 
 # The name of a Policy, or of a plugin run with its defaults (controlplane/policies.py).
@@ -244,6 +251,27 @@ class TrainRuntime(Spec):
     seed: int | None = Field(default=None, ge=0)
 
 
+def _api_keys(keys: list[str]) -> list[str]:
+    try:
+        return list(dict.fromkeys(apikeys.normalize(k) for k in keys))
+    except ValueError as exc:
+        raise ValueError(str(exc)) from None
+
+
+class ServingSpec(Spec):
+    """How clients reach the Deployment: its router (agents/runtimes/route)."""
+
+    apiKeys: Annotated[
+        list[Annotated[str, Field(min_length=1, max_length=apikeys.MAX_KEY_CHARS)]],
+        AfterValidator(_api_keys),
+    ] = Field(
+        default_factory=list,
+        max_length=apikeys.MAX_KEYS,
+        description="keys a client must send as 'Authorization: Bearer KEY'; stored as sha256 digests. "
+        "Empty: serving is open",
+    )
+
+
 class DeploymentSpec(Spec):
     model: ModelSource
     replicas: int = Field(default=1, ge=0, le=4096)
@@ -252,6 +280,7 @@ class DeploymentSpec(Spec):
     workload: ServingWorkload = Field(default_factory=ServingWorkload)
     policies: DeploymentPolicies = Field(default_factory=DeploymentPolicies)
     runtime: ServeRuntime = Field(default_factory=ServeRuntime)
+    serving: ServingSpec = Field(default_factory=ServingSpec)
     cluster: Name | None = None
     disaggregation: Literal["off", "auto"] = Field(
         default="off",
@@ -319,7 +348,7 @@ class ProfileSpec(Spec):
 
 class WorkloadSpec(Spec):
     owner: OwnerRef
-    role: Literal["serve", "prefill", "decode", "train"]
+    role: Literal["serve", "prefill", "decode", "train", "router"]
     nodeName: Name
     gpus: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list, max_length=64)
     runtime: str = Field(default="serve", max_length=64)

@@ -21,7 +21,13 @@ from common.problems import Problem
 from plugins import hookspecs
 from plugins.types import PLUGIN_KIND_TABLE, Plugin
 
-BUILTIN_MODULES = ["plugins.binpack", "plugins.spread", "plugins.melange", "plugins.distserve"]
+BUILTIN_MODULES = [
+    "plugins.binpack",
+    "plugins.spread",
+    "plugins.melange",
+    "plugins.distserve",
+    "plugins.caches",
+]
 
 
 class PluginError(Problem):

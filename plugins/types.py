@@ -220,6 +220,9 @@ class CachedBlock:
     pinned_until: float = 0.0
     # The multi-turn session whose turn wrote the block, if any.
     session: str | None = None
+    # Position of the block in its prefix (0: the first); a deeper block depends on the
+    # shallower ones, so among equally recent blocks the deepest goes first.
+    depth: int = 0
 
 
 @dataclass
@@ -230,16 +233,20 @@ class SessionTurn:
     blocks: list[int]
     # Seconds between this session's earlier turns, oldest first (empty on a first turn).
     gaps: list[float] = field(default_factory=list)
-    # Share of the cache's blocks in use now, 0 to 1: a full cache pins less.
+    # Share of the cache's blocks in use now (held by running requests or pinned), 0 to 1.
     memory_in_use: float = 0.0
+    # Share of the cache's blocks pinned for sessions now, this turn's not counted, 0 to 1.
+    pinned_share: float = 0.0
+    # Blocks in the replica's cache, so a policy can weigh ``len(blocks)`` against it.
+    total_blocks: int = 0
 
 
 @dataclass
 class RouteRequest:
-    """A request to route: its prompt (as token ids, or as their block hashes) and session."""
+    """A request to route: its prompt as the model's token ids, their chained block hashes
+    (``plugins.prefix_hash.block_hashes``, full blocks only) and its session."""
 
     token_ids: list[int] = field(default_factory=list)
-    # The prompt's chained block hashes, where the router computed them already.
     block_hashes: list[int] = field(default_factory=list)
     session: str | None = None
     block_size: int = 16
@@ -247,7 +254,10 @@ class RouteRequest:
 
 @dataclass
 class ReplicaLoad:
-    """One serving replica's load and cache contents, as the router last heard them."""
+    """One serving replica's load and cache contents, as the router last heard them.
+
+    ``cached_hashes`` is what the replica last reported holding (its ``/cache``) plus what
+    the router sent it since, so a prefix the router just routed counts at once."""
 
     name: str
     url: str
@@ -255,18 +265,39 @@ class ReplicaLoad:
     running: int = 0
     free_blocks: int = 0
     cached_hashes: frozenset[int] = frozenset()
+    # Requests the router has in flight to this replica now (its own, exact count).
+    in_flight: int = 0
+
+    @property
+    def load(self) -> int:
+        """Requests ahead of a new one: the router's own in flight, or what the replica
+        reported when that is more (other routers, direct clients)."""
+        return max(self.in_flight, self.queued + self.running)
 
 
 @runtime_checkable
 class CachePolicy(Plugin, Protocol):
     """Organises a served model's KV cache: what to evict, how long to keep a session's
-    blocks, which replica a request goes to. The serving runtime calls the first two on
+    blocks, which replica a request goes to. The serving engine calls the first two on
     its own replica; the router calls ``route``. Each call must be quick (it is on the
     request path) and must not keep references to the lists it is given."""
 
-    def evict(self, *, blocks: list[CachedBlock], needed: int, now: float, params: BaseModel) -> list[int]:
-        """Ids of ``needed`` blocks to free (fewer if no more can go), among those of ``blocks``
-        with ref_count 0; pinned ones included, since whether to break a pin is the policy's call."""
+    def reuses_prefixes(self, *, params: BaseModel) -> bool:
+        """False: the engine neither looks prompts up in its cache nor keeps finished
+        requests' blocks (the no-cache baseline), and never calls ``evict``."""
+        ...
+
+    def evict(
+        self, *, blocks: list[CachedBlock], needed: int, now: float, total_blocks: int, params: BaseModel
+    ) -> list[int]:
+        """Ids among ``blocks`` (all with ref_count 0, pinned ones included: whether to break
+        a pin is the policy's call) to free now.
+
+        With ``needed > 0`` the engine is short of that many blocks: return up to that
+        many (fewer if no more may go; the engine then preempts a running request). With
+        ``needed == 0`` (after a request finishes) ``blocks`` are every unreferenced cached
+        block and the policy says which to drop at once, e.g. those beyond its capacity
+        share of ``total_blocks``."""
         ...
 
     def pin_seconds(self, *, turn: SessionTurn, params: BaseModel) -> float:
@@ -274,7 +305,7 @@ class CachePolicy(Plugin, Protocol):
         ...
 
     def route(self, *, request: RouteRequest, replicas: list[ReplicaLoad], params: BaseModel) -> str:
-        """The name of the replica (one of ``replicas``) that should serve ``request``."""
+        """The name of the replica (one of ``replicas``, never empty) that should serve ``request``."""
         ...
 
 

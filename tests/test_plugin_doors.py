@@ -130,7 +130,7 @@ def test_pluggy_loads_a_plugin_of_each_new_kind_from_an_entry_point(installed):
     assert isinstance(powercap, types.PowerCap)
 
     blocks = [types.CachedBlock(block_id=i, hash=i, last_used=float(10 - i)) for i in range(4)]
-    assert cache.evict(blocks=blocks, needed=2, now=20.0, params=cache.Params()) == [3, 2]
+    assert cache.evict(blocks=blocks, needed=2, now=20.0, total_blocks=8, params=cache.Params()) == [3, 2]
     target = types.CheckpointTarget(owner="TrainingJob/t", local_dir="/unused")
     handle = checkpointer.save(state=types.TrainingState(step=7), target=target, params=checkpointer.Params())
     assert isinstance(handle, types.CheckpointHandle) and handle.wait() and handle.done and handle.step == 7

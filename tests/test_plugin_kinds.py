@@ -144,7 +144,12 @@ class Lru:
     description: ClassVar[str] = "Least recently used."
     Params: ClassVar[type[BaseModel]] = NoParams
 
-    def evict(self, *, blocks: list[CachedBlock], needed: int, now: float, params: BaseModel) -> list[int]:
+    def reuses_prefixes(self, *, params: BaseModel) -> bool:
+        return True
+
+    def evict(
+        self, *, blocks: list[CachedBlock], needed: int, now: float, total_blocks: int, params: BaseModel
+    ) -> list[int]:
         free = sorted(
             (b for b in blocks if b.ref_count == 0 and b.pinned_until <= now), key=lambda b: b.last_used
         )
@@ -203,7 +208,7 @@ def test_a_cache_policy_evicts_routes_and_pins_with_plain_data():
         CachedBlock(block_id=2, hash=12, last_used=2.0, pinned_until=99.0, session="s"),
         CachedBlock(block_id=3, hash=None, last_used=3.0),
     ]
-    assert lru.evict(blocks=blocks, needed=2, now=10.0, params=NoParams()) == [3, 0]
+    assert lru.evict(blocks=blocks, needed=2, now=10.0, total_blocks=8, params=NoParams()) == [3, 0]
     turn = SessionTurn(session="s", blocks=[2], gaps=[4.0, 7.5], memory_in_use=0.4)
     assert lru.pin_seconds(turn=turn, params=NoParams()) == 7.5
     replicas = [

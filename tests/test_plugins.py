@@ -227,7 +227,15 @@ def test_build_registry_picks_up_a_registered_plugin_by_kind_and_name():
     registry = manager.build_registry(manager_with(TestPlugin()))
     assert {kind: sorted(impls) for kind, impls in registry.items()} == {
         "scheduler": ["binpack", "distserve", "first-fit-test", "melange", "spread"],
-        "cache": ["ttl-test"],
+        "cache": [
+            "least-loaded",
+            "none",
+            "prefix-aware",
+            "prefix-lru",
+            "round-robin",
+            "session-ttl",
+            "ttl-test",
+        ],
         "checkpointer": ["blocking-test"],
         "powercap": ["static-test"],
     }
@@ -336,9 +344,12 @@ def test_hook_register_schedulers_gives_schedulers_that_place_replicas():
 
 
 def test_hook_register_caches_returns_named_caches():
-    assert manager.make_manager([]).hook.register_caches() == []
+    builtin = ["round-robin", "least-loaded", "prefix-aware", "none", "prefix-lru", "session-ttl"]
+    assert [[impl.name for impl in batch] for batch in manager.make_manager([]).hook.register_caches()] == [
+        builtin
+    ]
     batches = manager_with(TestPlugin()).hook.register_caches()
-    assert [[impl.name for impl in batch] for batch in batches] == [["ttl-test"]]
+    assert sorted(impl.name for batch in batches for impl in batch) == sorted([*builtin, "ttl-test"])
 
 
 def test_hook_register_checkpointers_returns_named_checkpointers():

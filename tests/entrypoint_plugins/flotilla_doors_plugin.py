@@ -33,7 +33,12 @@ class LruCache:
     description: ClassVar[str] = "Least recently used eviction, fixed session pins (a test plugin)."
     Params: ClassVar[type[BaseModel]] = LruParams
 
-    def evict(self, *, blocks: list[Any], needed: int, now: float, params: LruParams) -> list[int]:
+    def reuses_prefixes(self, *, params: LruParams) -> bool:
+        return True
+
+    def evict(
+        self, *, blocks: list[Any], needed: int, now: float, total_blocks: int, params: LruParams
+    ) -> list[int]:
         free = sorted((b for b in blocks if b.ref_count == 0), key=lambda b: b.last_used)
         return [b.block_id for b in free[: needed + params.keepFree]]
 

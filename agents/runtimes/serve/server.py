@@ -20,24 +20,13 @@ from typing import Any
 
 from agents.runtimes.plugin_choice import PluginChoice
 from agents.runtimes.serve.engine import Engine, EngineClosed
+from agents.runtimes.serve.protocol import BadRequest, error_body, prompt_text
 from agents.runtimes.serve.request import Request
 from agents.runtimes.serve.sampling import SamplingParams
 
 log = logging.getLogger("flotilla.serve.server")
 MAX_BODY_BYTES = 1 << 20
 MAX_STOP_STRINGS = 4
-ROLES = ("system", "user", "assistant")
-
-
-class BadRequest(ValueError):
-    def __init__(self, message: str, field: str | None = None, status: int = 400):
-        super().__init__(message)
-        self.field, self.status = field, status
-
-
-def chat_prompt(messages: list[dict[str, str]]) -> str:
-    """The simple chat template: ``<|role|>\\ncontent\\n`` per message, then ``<|assistant|>\\n``."""
-    return "".join(f"<|{m['role']}|>\n{m['content']}\n" for m in messages) + "<|assistant|>\n"
 
 
 @dataclass
@@ -60,24 +49,7 @@ def _number(body: dict, name: str, default: float, low: float, high: float, low_
 
 def parse_body(body: Any, chat: bool, max_tokens_limit: int) -> Parsed:
     """Validate an OpenAI-style request body into a prompt and sampling parameters."""
-    if not isinstance(body, dict):
-        raise BadRequest("request body must be a JSON object")
-    if chat:
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise BadRequest("messages must be a non-empty list", "messages")
-        for i, m in enumerate(messages):
-            if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
-                raise BadRequest(
-                    f"messages[{i}] must have role in {ROLES} and string content", f"messages[{i}]"
-                )
-        prompt = chat_prompt(messages)
-    else:
-        prompt = body.get("prompt")
-        if isinstance(prompt, list) and len(prompt) == 1:
-            prompt = prompt[0]
-        if not isinstance(prompt, str) or not prompt:
-            raise BadRequest("prompt must be a non-empty string", "prompt")
+    prompt = prompt_text(body, chat)
     max_tokens = body.get("max_tokens", body.get("max_completion_tokens", 16))
     if (
         isinstance(max_tokens, bool)
@@ -133,8 +105,7 @@ class ServeHandler(BaseHTTPRequestHandler):
         self._send(status, json.dumps(data).encode(), "application/json")
 
     def _error(self, status: int, message: str, field: str | None = None) -> None:
-        kind = "invalid_request_error" if status < 500 else "server_error"
-        self._json(status, {"error": {"message": message, "type": kind, "param": field, "code": None}})
+        self._json(status, error_body(status, message, field))
 
     def _read_json(self) -> Any:
         length = self.headers.get("Content-Length")
