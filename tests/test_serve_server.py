@@ -139,6 +139,8 @@ def test_metrics_are_prometheus_text_with_latency_histograms_and_kv_gauges(serve
         "flotilla_serve_waiting 0",
         "flotilla_serve_kv_blocks_free 64",
         "flotilla_serve_kv_blocks_used 0",
+        "flotilla_serve_prefix_cache_hit_tokens_total 0",
+        "flotilla_serve_prefix_cache_cached_blocks 0",
     ):
         assert name in text, name
 
@@ -149,6 +151,8 @@ def test_stats_are_the_same_numbers_as_json(served):
     assert stats["requestsTotal"] >= 1 and stats["generatedTokensTotal"] >= 1
     assert stats["kvBlocksTotal"] == 64 and stats["kvBlocksUsed"] + stats["kvBlocksFree"] == 64
     assert stats["ttftSeconds"]["p50"] > 0 and {"running", "waiting", "tokensPerSecond"} <= set(stats)
+    # no cache plugin in the config: no prefix caching, and nothing looked up
+    assert stats["prefixCache"]["policy"] == "off" and stats["prefixCache"]["lookups"] == 0
 
 
 @pytest.mark.parametrize(

@@ -25,11 +25,15 @@ from agents.runtimes.serve.engine import Engine
 from agents.runtimes.serve.kvcache import PagedKVCache
 from agents.runtimes.serve.server import ServingHTTPServer
 from agents.runtimes.tokenizer import load_tokenizer
+from common import apikeys
 
 log = logging.getLogger("flotilla.serve")
 # kvCacheBlocks wins over kvCacheBytes; with neither, the engine sizes the cache itself.
 # cache: {policy, plugin, params}, the cache plugin the Deployment's policies.cache chose.
-CONFIG_KEYS = {"model", "kvCacheBlocks", "kvCacheBytes", "maxBatch", "drainSeconds", "name", "cache"}
+# apiKeys: sha256:<hex> digests (spec.serving.apiKeys); with any, POST routes and /cache want a key.
+CONFIG_KEYS = {
+    "model", "kvCacheBlocks", "kvCacheBytes", "maxBatch", "drainSeconds", "name", "cache", "apiKeys",
+}  # fmt: skip
 
 
 def resolve_device(name: str) -> torch.device:
@@ -55,6 +59,14 @@ def load_config(path: str) -> dict[str, Any]:
         value = config.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise SystemExit(f"--config {path}: {key} must be a positive integer")
+    keys = config.get("apiKeys")
+    if keys is not None and (
+        not isinstance(keys, list) or not all(isinstance(k, str) and apikeys.DIGEST.match(k) for k in keys)
+    ):
+        raise SystemExit(
+            f"--config {path}: apiKeys must be a list of digests 'sha256:' + 64 lowercase hex digits "
+            "(the control plane writes them; never plain keys)"
+        )
     return config
 
 
@@ -87,7 +99,6 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     config = load_config(args.config)
-    # Kept for the engine, which calls it in a later issue; /stats names it meanwhile.
     cache = resolve_cache(config, args.config)
     device = resolve_device(args.device)
     try:
@@ -107,13 +118,20 @@ def main(argv: list[str] | None = None) -> int:
             f"model.tokenizer has {tokenizer.vocab_size} tokens but model.config.vocabSize is "
             f"{model_config.vocabSize}; set vocabSize to at least {tokenizer.vocab_size}"
         )
-    engine = Engine(model, kv_blocks=kv_blocks, max_batch=config.get("maxBatch") or 32, tokenizer=tokenizer)
-    name = config.get("name") or config["model"].get("source", "builtin:tiny-llama")
-    server = ServingHTTPServer((args.host, args.port), engine, name, cache=cache)
+    # The block hashes are seeded with the model's source, as the router seeds its own.
+    model_key = config["model"].get("source", "builtin:tiny-llama")
+    engine = Engine(
+        model, kv_blocks=kv_blocks, max_batch=config.get("maxBatch") or 32, tokenizer=tokenizer,
+        cache=cache, model_key=model_key,
+    )  # fmt: skip
+    name = config.get("name") or model_key
+    keys = config.get("apiKeys") or []
+    server = ServingHTTPServer((args.host, args.port), engine, name, cache=cache, api_keys=keys)
     engine.start()
     log.info(
-        "serving %s on %s (%s, %s, %d KV blocks, cache policy %s)", name, server.url, device,
-        model_config.torch_dtype(device), engine.cache.num_blocks, cache.name if cache else "none",
+        "serving %s on %s (%s, %s, %d KV blocks, cache plugin %s, prefix caching %s, %s)", name, server.url,
+        device, model_config.torch_dtype(device), engine.cache.num_blocks, cache.name if cache else "none",
+        "on" if engine.prefix.enabled else "off", f"{len(keys)} API keys" if keys else "no API keys",
     )  # fmt: skip
 
     stopping = threading.Event()

@@ -11,6 +11,17 @@ most recently admitted *other* running request is preempted: its blocks are free
 goes back to the front of the queue, to be re-prefilled (prompt + tokens so far) later --
 recompute preemption, as in vLLM. Requests that could never fit the cache are rejected at
 submit, so the oldest request always makes progress.
+
+Prefix caching (with a cache plugin whose ``reuses_prefixes`` is true): every full block is
+indexed by its chained hash as soon as its k/v are written, and shared read-only between
+requests (``prefix_cache.py``). A request whose prompt starts with cached blocks takes
+references on them and prefills only the rest -- always at least its last token, whose
+logits give the first output token, so when the whole prompt is cached its last block is
+recomputed into a fresh block rather than written in place. Blocks nobody reads stay cached
+until the plugin's ``evict`` picks them: on a shortage free blocks go first, then what the
+plugin evicts (session pins included, at its word), and only then is a request preempted.
+Admission counts evictable blocks as available. A session's finished turn asks the plugin
+how long to pin its blocks for the next turn.
 """
 
 from __future__ import annotations
@@ -20,12 +31,15 @@ import math
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 
 import torch
 
 from agents.runtimes.model import ModelConfig, Transformer
+from agents.runtimes.plugin_choice import PluginChoice
 from agents.runtimes.serve.kvcache import DEFAULT_BLOCK_SIZE, PagedKVCache
-from agents.runtimes.serve.metrics import ServingMetrics
+from agents.runtimes.serve.metrics import LENGTH_COUNTED_REASONS, ServingMetrics
+from agents.runtimes.serve.prefix_cache import MAX_LISTED_HASHES, PrefixCache
 from agents.runtimes.serve.request import Request
 from agents.runtimes.serve.sampling import SamplingParams, greedy_batch, sample
 from agents.runtimes.tokenizer import ByteTokenizer, FileTokenizer
@@ -60,7 +74,13 @@ class Engine:
         max_prefill_tokens: int = 4096,
         block_size: int = DEFAULT_BLOCK_SIZE,
         tokenizer: ByteTokenizer | FileTokenizer | None = None,
+        cache: PluginChoice | None = None,
+        model_key: str = "builtin:tiny-llama",
+        clock: Callable[[], float] = time.monotonic,
     ):
+        """``cache`` is the cache plugin (None: no prefix caching); ``model_key`` the model's
+        ``source``, which seeds the block hashes exactly as the router seeds its own;
+        ``clock`` the monotonic clock the plugin's ``now`` and the session gaps are read on."""
         self.model = model
         self.config: ModelConfig = model.config
         param = next(model.parameters())
@@ -68,6 +88,10 @@ class Engine:
         if kv_blocks is None:
             kv_blocks = default_kv_blocks(self.config, self.dtype, self.device, max_batch)
         self.cache = PagedKVCache(self.config, kv_blocks, self.device, self.dtype, block_size)
+        self.model_key = model_key
+        self.clock = clock
+        self.prefix = PrefixCache(self.cache.allocator, block_size, cache, model_key, clock)
+        self._trim_due = False  # a request finished: the plugin may drop blocks (evict needed=0)
         self.max_batch = max_batch
         self.max_prefill_tokens = max_prefill_tokens
         self.tokenizer = tokenizer or ByteTokenizer()
@@ -82,8 +106,11 @@ class Engine:
 
     # -- submission -------------------------------------------------------------------------
 
-    def submit(self, prompt_ids: list[int], params: SamplingParams | None = None) -> Request:
-        """Queue a generation; raises ValueError if it can never fit, EngineClosed when stopping."""
+    def submit(
+        self, prompt_ids: list[int], params: SamplingParams | None = None, session: str | None = None
+    ) -> Request:
+        """Queue a generation (a turn of ``session``, if given); raises ValueError if it can
+        never fit, EngineClosed when stopping."""
         params = params or SamplingParams()
         params.validate()
         if not prompt_ids:
@@ -99,7 +126,7 @@ class Engine:
             raise ValueError(
                 f"a request of {longest} tokens cannot fit the KV cache ({self.cache.num_blocks} blocks)"
             )
-        request = Request(prompt_ids, params, self.tokenizer)
+        request = Request(prompt_ids, params, self.tokenizer, session=session, arrived_at=self.clock())
         with self._cond:
             if self._closed:
                 raise EngineClosed("the engine is shutting down")
@@ -135,11 +162,14 @@ class Engine:
                         self._finish(request, "error")
         if generated:
             self.metrics.record_tokens(generated)
+        self._trim()
         return generated
 
     def _reserve_decode(self) -> list[Request]:
         """Blocks for one more token for each running request, preempting the newest on shortage."""
         ready: list[Request] = []
+        # one eviction for the whole batch's shortage rather than one per request
+        self.prefix.make_free(sum(r.table.blocks_needed(r.seq_len) for r in self.running if r.table))
         for request in list(self.running):
             if request not in self.running:  # preempted by an older request this step
                 continue
@@ -162,24 +192,65 @@ class Engine:
                 longest = max(longest, request.seq_len)
                 if admitted and longest * (len(admitted) + 1) > self.max_prefill_tokens:
                     break
-                request.table = request.table or self.cache.new_table()
-                needed = request.table.blocks_needed(request.seq_len + 1)
-                if needed > self.cache.allocator.free_count or not self._grow(request, request.seq_len):
+                if not self._place(request, force=not self.running):
                     break
                 self.waiting.popleft()
                 self.running.append(request)
                 admitted.append(request)
         return admitted
 
+    def _place(self, request: Request, force: bool) -> bool:
+        """Give a waiting request its blocks: cached ones for the longest prefix it shares
+        (never its last token's block), fresh ones for the rest, with room for one more token.
+
+        ``force`` (nothing is running) lets the cache evict past a reluctant plugin, or
+        the engine would wait forever for blocks that only an eviction can free."""
+        table = request.table = request.table or self.cache.new_table()
+        n, bs = request.seq_len, self.cache.block_size
+        reused: list[int] = []
+        if self.prefix.enabled:
+            self.prefix.extend_hashes(request.hashes, request.tokens, n // bs)
+            reused = self.prefix.match(request.hashes, (n - 1) // bs)
+            self.prefix.acquire(reused)
+        headroom = math.ceil((n + 1) / bs) - len(reused)
+        fresh = None
+        if headroom <= self.cache.allocator.free_count + self.prefix.evictable:
+            fresh = self.prefix.allocate(math.ceil(n / bs) - len(reused), force=force)
+        if fresh is None:
+            self.prefix.release(reused)
+            return False
+        table.blocks = reused + fresh
+        request.slots = table.slots(0, n)
+        request.committed, request.cached = len(reused), len(reused) * bs
+        if request.cached_tokens is None:  # counted once, not again after a preemption
+            request.cached_tokens = request.cached
+            if self.prefix.enabled:
+                self.prefix.record_lookup(len(request.prompt_ids), request.cached)
+        return True
+
     def _grow(self, request: Request, tokens: int) -> bool:
         table = request.table
         if table is None:
             table = request.table = self.cache.new_table()
-        if not self.cache.grow(table, tokens):
-            return False
+        needed = table.blocks_needed(tokens)
+        if needed:
+            blocks = self.prefix.allocate(needed)
+            if blocks is None:
+                return False
+            table.blocks.extend(blocks)
         if len(request.slots) < tokens:
             request.slots.extend(table.slots(len(request.slots), tokens))
         return True
+
+    def _commit(self, request: Request) -> None:
+        """Offer the request's newly full blocks (k/v just written) to the prefix index."""
+        full = request.cached // self.cache.block_size
+        if full <= request.committed or request.table is None:
+            return
+        self.prefix.extend_hashes(request.hashes, request.tokens, full)
+        for k in range(request.committed, full):
+            self.prefix.commit(request.table.blocks[k], request.hashes[k], k, request.session)
+        request.committed = full
 
     def _preempt(self, request: Request) -> None:
         log.info("preempting %s at %d tokens (KV cache full)", request.id, request.seq_len)
@@ -191,17 +262,30 @@ class Engine:
 
     def _release(self, request: Request) -> None:
         if request.table is not None:
-            self.cache.release(request.table)
-        request.slots, request.cached = [], 0
+            blocks, request.table.blocks = request.table.blocks, []
+            self.prefix.release(blocks)
+        request.slots, request.cached, request.committed = [], 0, 0
 
     def _finish(self, request: Request, reason: str) -> None:
         if request in self.running:
             self.running.remove(request)
+        turn = request.hashes[: request.committed]
         self._release(request)
+        if self.prefix.enabled:
+            if request.session is not None and reason in LENGTH_COUNTED_REASONS:
+                self.prefix.end_turn(request.session, turn, request.arrived_at)
+            self._trim_due = True
         request.finish(reason)
         self.metrics.record_finish(
             reason, len(request.prompt_ids), request.ttft, request.tpot, len(request.output_ids)
         )
+
+    def _trim(self) -> None:
+        """Once per step, not per finished request: the plugin looks at every unreferenced
+        block each time, which adds up on a large cache."""
+        if self._trim_due:
+            self._trim_due = False
+            self.prefix.trim()
 
     def _run(self, group: list[Request]) -> int:
         """Feed each request its uncached tokens in one padded forward, then sample one token each."""
@@ -226,6 +310,8 @@ class Engine:
         now = time.monotonic()
         for i, r in enumerate(group):
             r.cached = r.seq_len
+            if self.prefix.enabled:
+                self._commit(r)
             token = greedy[i] if r.generator is None else sample(logits[i], r.params, r.generator)
             if r.first_token_at is None:
                 r.first_token_at = now
@@ -261,6 +347,7 @@ class Engine:
         for request in waiting:
             request.finish("abort")
             self.metrics.record_finish("abort", len(request.prompt_ids), None, None)
+        self._trim()
 
     def stop(self, drain_s: float = 5.0) -> None:
         """Take no new requests; let in-flight ones finish for up to ``drain_s``, then abort the rest."""
@@ -298,4 +385,11 @@ class Engine:
         }
 
     def stats(self) -> dict:
-        return self.metrics.snapshot(self.gauges())
+        return self.metrics.snapshot(self.gauges(), self.prefix.stats())
+
+    def prometheus(self) -> str:
+        return self.metrics.prometheus(self.gauges(), self.prefix.stats())
+
+    def cached_hashes(self, limit: int = MAX_LISTED_HASHES) -> list[int]:
+        """Hashes of the resident cached blocks, most recently used first (thread-safe)."""
+        return self.prefix.hashes(limit)

@@ -7,6 +7,11 @@ Finished requests are also counted by (input length, output length) bucket, on t
 the sizing schedulers slice a workload by, so the control plane can add up a Deployment's
 replicas into the length histogram it measures from live traffic
 (``controlplane/observed_traffic.py``).
+
+The prefix cache's numbers (``prefix_cache.PrefixCache.stats``) come in as one more
+argument and appear as ``prefixCache`` in ``/stats`` -- one level down, so the agent's
+telemetry flattening turns them into ``prefixCache.hitTokens`` and so on -- and as
+``flotilla_serve_prefix_cache_*`` series in ``/metrics``.
 """
 
 from __future__ import annotations
@@ -18,6 +23,18 @@ from collections import deque
 from plugins.sim.workload import DEFAULT_BUCKETS, Buckets
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+# prefixCache key -> (Prometheus name after flotilla_serve_prefix_cache_, type, help)
+PREFIX_CACHE_SERIES = {
+    "hits": ("hits_total", "counter", "Requests that reused at least one cached prefix block."),
+    "misses": ("misses_total", "counter", "Requests that looked the prefix cache up and reused nothing."),
+    "hitTokens": ("hit_tokens_total", "counter", "Prompt tokens whose k/v came from the prefix cache."),
+    "promptTokens": ("prompt_tokens_total", "counter", "Prompt tokens of requests that looked it up."),
+    "evictions": ("evictions_total", "counter", "Cached blocks the cache plugin evicted."),
+    "pinsBroken": ("pins_broken_total", "counter", "Session-pinned blocks evicted before their pin ended."),
+    "cachedBlocks": ("cached_blocks", "gauge", "Hashed blocks resident, referenced or not."),
+    "pinnedBlocks": ("pinned_blocks", "gauge", "Cached blocks pinned for a session now."),
+}
 
 
 # The grid requests are counted on: the simulator's default buckets (plugins.sim is pure
@@ -139,8 +156,9 @@ class ServingMetrics:
         columns = len(LENGTH_BUCKETS.output_edges)
         return {length_key(*divmod(b, columns)): n for b, n in enumerate(self.length_counts)}
 
-    def snapshot(self, gauges: dict[str, int]) -> dict:
-        """Everything as JSON-ready data; ``gauges`` are the engine's live numbers.
+    def snapshot(self, gauges: dict[str, int], prefix_cache: dict[str, int | str] | None = None) -> dict:
+        """Everything as JSON-ready data; ``gauges`` are the engine's live numbers and
+        ``prefix_cache`` its prefix cache's (``prefixCache``, when given).
 
         ``uptimeSeconds`` lets a reader of two snapshots tell a restarted process (whose
         counters began again at zero) from a missed reading.
@@ -157,10 +175,11 @@ class ServingMetrics:
                 "tpotSeconds": self.tpot.summary(),
                 "lengthCounts": self._length_counts(),
                 "uptimeSeconds": time.monotonic() - self.started,
+                **({"prefixCache": dict(prefix_cache)} if prefix_cache is not None else {}),
                 **gauges,
             }
 
-    def prometheus(self, gauges: dict[str, int]) -> str:
+    def prometheus(self, gauges: dict[str, int], prefix_cache: dict[str, int | str] | None = None) -> str:
         """Prometheus text exposition (format 0.0.4)."""
         rate = self.tokens_per_second()
         with self._lock:
@@ -196,6 +215,11 @@ class ServingMetrics:
         for key, help_text in gauge_help.items():
             name = "flotilla_serve_" + "".join("_" + c.lower() if c.isupper() else c for c in key)
             lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name} {gauges.get(key, 0)}"]
+        if prefix_cache is not None:
+            for key, (suffix, kind, help_text) in PREFIX_CACHE_SERIES.items():
+                name = f"flotilla_serve_prefix_cache_{suffix}"
+                value = prefix_cache[key]
+                lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value}"]
         return "\n".join(lines) + "\n"
 
     def _length_prometheus(self) -> list[str]:

@@ -29,22 +29,38 @@ class GenerationResult:
     finish_reason: str  # stop | length | cancelled | abort | error
     ttft: float | None
     tpot: float | None
+    # Prompt tokens whose k/v came from the prefix cache at admission (OpenAI's
+    # usage.prompt_tokens_details.cached_tokens).
+    cached_tokens: int = 0
 
 
 class Request:
     """One generation: its tokens, block table, timings and an event queue for streaming."""
 
     def __init__(
-        self, prompt_ids: list[int], params: SamplingParams, tokenizer: ByteTokenizer | FileTokenizer
+        self,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        tokenizer: ByteTokenizer | FileTokenizer,
+        session: str | None = None,
+        arrived_at: float | None = None,
     ):
         self.id = f"req-{next(_ids)}"
         self.prompt_ids = list(prompt_ids)
         self.params = params
+        self.session = session
+        # On the engine's clock (the one the cache plugin sees), for the gaps between turns.
+        self.arrived_at = time.monotonic() if arrived_at is None else arrived_at
         self.output_ids: list[int] = []
         self.generator = params.generator()
         self.table: BlockTable | None = None
         self.slots: list[int] = []  # flat cache slot of each position held
         self.cached = 0  # positions whose k/v are in the cache
+        # Chained hashes of the sequence's full blocks so far; tokens never change, so
+        # they survive preemption and a re-admitted request looks itself up again.
+        self.hashes: list[int] = []
+        self.committed = 0  # leading table blocks already offered to the prefix index
+        self.cached_tokens: int | None = None  # prompt tokens reused at first admission
         self.submitted_at = time.monotonic()
         self.first_token_at: float | None = None
         self.finished_at: float | None = None
@@ -67,6 +83,12 @@ class Request:
         n = len(self.prompt_ids)
         return self.prompt_ids[position] if position < n else self.output_ids[position - n]
 
+    def tokens(self, start: int, end: int) -> list[int]:
+        """Token ids of positions ``start..end-1`` of prompt and output together."""
+        n = len(self.prompt_ids)
+        head = self.prompt_ids[start:end] if start < n else []
+        return head + self.output_ids[max(start - n, 0) : max(end - n, 0)]
+
     def cancel(self) -> None:
         """Ask the engine to drop this request at its next step (e.g. the client went away)."""
         self.cancelled = True
@@ -85,7 +107,7 @@ class Request:
             raise TimeoutError(f"{self.id} did not finish within {timeout} s")
         return GenerationResult(
             self.text, list(self.output_ids), len(self.prompt_ids), self.finish_reason or "error",
-            self.ttft, self.tpot,
+            self.ttft, self.tpot, self.cached_tokens or 0,
         )  # fmt: skip
 
     @property

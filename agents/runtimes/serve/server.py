@@ -1,31 +1,32 @@
-"""The per-Workload HTTP server: OpenAI-compatible completions and chat, health, metrics, stats.
+"""The per-Workload HTTP server: OpenAI-compatible completions and chat, health, metrics, stats,
+and ``/cache``, the prefix-block hashes the router polls.
 
 Stdlib ``ThreadingHTTPServer``: one thread per connection, all feeding the one engine.
 Every request body is validated before it reaches the engine, and every client mistake is
 a 4xx JSON error naming the field -- a 500 means a bug in this file.
+
+With API keys configured, the POST routes and ``/cache`` want one (``Authorization:
+Bearer``); ``/health``, ``/metrics``, ``/stats`` and ``/v1/models`` stay open, because the
+agent on the node polls them without a key.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import threading
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from agents.runtimes.httpbase import JsonHandler, TrackingHTTPServer
 from agents.runtimes.plugin_choice import PluginChoice
 from agents.runtimes.serve.engine import Engine, EngineClosed
-from agents.runtimes.serve.protocol import BadRequest, error_body, prompt_text
+from agents.runtimes.serve.protocol import BadRequest, check_api_key, prompt_text, session_of
 from agents.runtimes.serve.request import Request
 from agents.runtimes.serve.sampling import SamplingParams
 
 log = logging.getLogger("flotilla.serve.server")
-MAX_BODY_BYTES = 1 << 20
 MAX_STOP_STRINGS = 4
 
 
@@ -85,48 +86,9 @@ def parse_body(body: Any, chat: bool, max_tokens_limit: int) -> Parsed:
     return Parsed(prompt, params, stream)
 
 
-class ServeHandler(BaseHTTPRequestHandler):
+class ServeHandler(JsonHandler):
     server: ServingHTTPServer
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's signature
-        log.debug("%s %s", self.address_string(), format % args)
-
-    # -- plumbing ---------------------------------------------------------------------------
-
-    def _send(self, status: int, body: bytes, content_type: str) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def _json(self, status: int, data: Any) -> None:
-        self._send(status, json.dumps(data).encode(), "application/json")
-
-    def _error(self, status: int, message: str, field: str | None = None) -> None:
-        self._json(status, error_body(status, message, field))
-
-    def _read_json(self) -> Any:
-        length = self.headers.get("Content-Length")
-        if length is None or not length.isdigit():
-            raise BadRequest("a Content-Length header is required", status=411)
-        if int(length) > MAX_BODY_BYTES:
-            self.close_connection = True
-            self._discard(min(int(length), 8 * MAX_BODY_BYTES))  # so the client can read the answer
-            raise BadRequest(f"request body exceeds {MAX_BODY_BYTES} bytes", status=413)
-        raw = self.rfile.read(int(length))
-        try:
-            return json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise BadRequest(f"request body is not valid JSON: {exc}") from None
-
-    def _discard(self, remaining: int) -> None:
-        while remaining > 0:
-            chunk = self.rfile.read(min(remaining, 1 << 16))
-            if not chunk:
-                return
-            remaining -= len(chunk)
+    log = log
 
     # -- routes -----------------------------------------------------------------------------
 
@@ -136,7 +98,14 @@ class ServeHandler(BaseHTTPRequestHandler):
         if path == "/health":
             self._json(200, {"status": "ok", "model": self.server.model_name})
         elif path == "/metrics":
-            self._send(200, engine.metrics.prometheus(engine.gauges()).encode(), "text/plain; version=0.0.4")
+            self._send(200, engine.prometheus().encode(), "text/plain; version=0.0.4")
+        elif path == "/cache":
+            try:
+                check_api_key(self.headers, self.server.api_keys)
+            except BadRequest as exc:
+                self._error(exc.status, str(exc), exc.field)
+                return
+            self._json(200, self.server.cache_listing())
         elif path == "/stats":
             cache = self.server.cache
             named = {"cachePolicy": cache.name} if cache is not None else {}
@@ -158,7 +127,15 @@ class ServeHandler(BaseHTTPRequestHandler):
         chat = path == "/v1/chat/completions"
         engine = self.server.engine
         try:
-            parsed = parse_body(self._read_json(), chat, engine.config.maxSeqLen - 1)
+            check_api_key(self.headers, self.server.api_keys)
+        except BadRequest as exc:
+            self._skip_body()
+            self._error(exc.status, str(exc), exc.field)
+            return
+        try:
+            body = self._read_json()
+            parsed = parse_body(body, chat, engine.config.maxSeqLen - 1)
+            session = session_of(body, self.headers)
             prompt_ids = engine.tokenizer.encode(parsed.prompt)
             if len(prompt_ids) + 1 >= engine.config.maxSeqLen:
                 raise BadRequest(
@@ -166,7 +143,7 @@ class ServeHandler(BaseHTTPRequestHandler):
                     "messages" if chat else "prompt",
                 )
             try:
-                request = engine.submit(prompt_ids, parsed.params)
+                request = engine.submit(prompt_ids, parsed.params, session=session)
             except ValueError as exc:
                 raise BadRequest(str(exc), "max_tokens") from None
         except BadRequest as exc:
@@ -200,6 +177,7 @@ class ServeHandler(BaseHTTPRequestHandler):
             "prompt_tokens": result.prompt_tokens,
             "completion_tokens": len(result.token_ids),
             "total_tokens": result.prompt_tokens + len(result.token_ids),
+            "prompt_tokens_details": {"cached_tokens": result.cached_tokens},
         }
         self._json(200, {**self._envelope(chat, rid), "choices": [choice], "usage": usage})
 
@@ -239,41 +217,33 @@ class ServeHandler(BaseHTTPRequestHandler):
             request.cancel()
 
 
-class ServingHTTPServer(ThreadingHTTPServer):
-    """A ThreadingHTTPServer that knows its engine, model name and cache plugin."""
-
-    daemon_threads = True
-    allow_reuse_address = True
+class ServingHTTPServer(TrackingHTTPServer):
+    """A ThreadingHTTPServer that knows its engine, model name, cache plugin and API keys."""
 
     def __init__(
-        self, address: tuple[str, int], engine: Engine, model_name: str, cache: PluginChoice | None = None
+        self,
+        address: tuple[str, int],
+        engine: Engine,
+        model_name: str,
+        cache: PluginChoice | None = None,
+        api_keys: list[str] | None = None,
     ):
         super().__init__(address, ServeHandler)
         self.engine = engine
         self.model_name = model_name
         # The cache plugin spec.config.cache chose; /stats names it (cachePolicy).
         self.cache = cache
-        self._inflight = 0
-        self._idle = threading.Condition()
+        # sha256:<hex> digests (common.apikeys); empty: every route is open.
+        self.api_keys = list(api_keys or [])
 
-    @contextlib.contextmanager
-    def tracking(self) -> Iterator[None]:
-        """Count a POST as in flight, so shutdown can wait for its response to be written."""
-        with self._idle:
-            self._inflight += 1
-        try:
-            yield
-        finally:
-            with self._idle:
-                self._inflight -= 1
-                self._idle.notify_all()
-
-    def wait_idle(self, timeout: float) -> bool:
-        """Wait until no POST is in flight; False if some still are after ``timeout``."""
-        with self._idle:
-            return self._idle.wait_for(lambda: self._inflight == 0, timeout)
-
-    @property
-    def url(self) -> str:
-        host, port = self.server_address[:2]
-        return f"http://{host}:{port}"
+    def cache_listing(self) -> dict[str, Any]:
+        """GET /cache: the hashes of the blocks this replica's prefix cache holds, most
+        recently used first, for the router to correct its own record of them. A
+        router seeds ``plugins.prefix_hash.block_hashes`` with ``model_seed(modelKey)``."""
+        engine = self.engine
+        return {
+            "model": self.model_name,
+            "modelKey": engine.model_key,
+            "blockSize": engine.cache.block_size,
+            "hashes": engine.cached_hashes(),
+        }
