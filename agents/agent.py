@@ -72,6 +72,8 @@ class Agent:
             self.advertise_host,
             use_gpus=not (simulated or cpu_only),
             simulate_workloads=self.simulate_workloads,
+            node_name=self.name,
+            control_plane=self.control_plane,
         )
         self.power = power.make_backend(
             self.power_backend, self.devices, confirm=self.power_backend == "nvml"
@@ -123,6 +125,12 @@ class Agent:
             log.info("registered node %s with %d devices", self.name, len(self.devices))
             return
         raise last_error or ClientError("no token to register with: pass --token")
+
+    def control_plane(self) -> tuple[str, str] | None:
+        """The control plane's URL and this node's current token, for a router Workload
+        (None before registering); read when it starts, so a new token reaches the next one."""
+        node = self.node
+        return (node.server, node.token) if node is not None and node.token else None
 
     # --- telemetry ----------------------------------------------------------------------
 

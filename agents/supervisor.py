@@ -5,7 +5,10 @@ One ``Managed`` entry per Workload: the supervisor starts its runtime
 restarts it with jittered exponential backoff when it crashes (keeping the
 exit code and the last lines of its log), and stops it when the Workload goes
 away. Runtimes report through JSON lines on stdout (``{"event": ...}``) and,
-for serving, ``GET /health``; so they need no API token of their own.
+for serving and routing, ``GET /health``; so they need no API token of their own,
+except the router, which reads its replicas from its own Workload: it gets the
+node's token in its environment (never in a file or a log line) and is restarted
+with the new one when the agent registers again, since registering revokes the old.
 
 A child is started with PR_SET_PDEATHSIG on Linux: if the agent dies, its
 Workloads are told to stop rather than linger as orphans holding ports and GPUs.
@@ -13,6 +16,7 @@ Workloads are told to stop rather than linger as orphans holding ports and GPUs.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -22,6 +26,7 @@ import subprocess
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +36,9 @@ import httpx
 from common.ports import free_port
 
 log = logging.getLogger("flotilla.agent.supervisor")
-RUNTIMES = {"serve", "train"}
+RUNTIMES = {"serve", "train", "route"}
+# Runtimes that answer HTTP on a port the supervisor picks: health-checked, with an endpoint.
+HTTP_RUNTIMES = {"serve", "route"}
 LOG_TAIL_LINES = 20
 MAX_BACKOFF = 60.0
 
@@ -71,6 +78,8 @@ class Managed:
     read_offset: int = 0
     shipped_offset: int = 0
     started_at: float = 0.0
+    # A digest of the node token a router was started with (not the token), to see it change.
+    credential: str | None = None
 
     @property
     def generation(self) -> int:
@@ -89,6 +98,8 @@ class Supervisor:
         use_gpus: bool = True,
         python: str = sys.executable,
         simulate_workloads: bool = False,
+        node_name: str = "",
+        control_plane: Callable[[], tuple[str, str] | None] | None = None,
     ):
         self.state_dir = state_dir
         self.logs_dir = state_dir / "logs"
@@ -101,6 +112,10 @@ class Supervisor:
         # Simulated Workloads run no process: they report Running at once, so one
         # machine can host many simulated agents for scale tests.
         self.simulate_workloads = simulate_workloads
+        # The control plane's URL and this node's current token, once registered: a router
+        # Workload watches its own Workload with them.
+        self.node_name = node_name
+        self.control_plane = control_plane
 
     # --- desired state -----------------------------------------------------------
 
@@ -137,15 +152,40 @@ class Supervisor:
         if runtime not in RUNTIMES:
             raise ValueError(f"unknown runtime {runtime!r}; this agent runs {', '.join(sorted(RUNTIMES))}")
         argv = [self.python, "-m", f"agents.runtimes.{runtime}", "--config", str(config_path)]
-        device = "auto" if self.use_gpus and managed.document["spec"].get("gpus") else "cpu"
-        argv += ["--device", device]
-        if runtime == "serve":
+        if runtime != "route":  # a router runs no model
+            device = "auto" if self.use_gpus and managed.document["spec"].get("gpus") else "cpu"
+            argv += ["--device", device]
+        if runtime in HTTP_RUNTIMES:
             managed.port = free_port()
             argv += ["--host", "0.0.0.0" if self.advertise_host != "127.0.0.1" else "127.0.0.1"]  # noqa: S104
             argv += ["--port", str(managed.port)]
         return argv
 
+    def env_for(self, managed: Managed) -> dict[str, str] | None:
+        """What a runtime needs in its environment beyond the agent's own; None while a
+        router cannot start yet (the agent has no node token before it registers)."""
+        if managed.runtime != "route":
+            return {}
+        found = self.control_plane() if self.control_plane is not None else None
+        if found is None:
+            return None
+        url, token = found
+        return {
+            "FLOTILLA_URL": url,
+            "FLOTILLA_TOKEN": token,
+            "FLOTILLA_NODE": self.node_name,
+            "FLOTILLA_WORKLOAD": managed.name,
+        }
+
+    def _credential(self) -> str | None:
+        found = self.control_plane() if self.control_plane is not None else None
+        return hashlib.sha256(found[1].encode()).hexdigest() if found else None
+
     def start(self, managed: Managed) -> None:
+        extra = self.env_for(managed)
+        if extra is None:
+            managed.message = "waiting for the agent to register: a router needs the node's token"
+            return
         config_path = self.state_dir / f"{managed.name}.json"
         config_path.write_text(json.dumps(managed.document["spec"].get("config", {})))
         try:
@@ -153,7 +193,8 @@ class Supervisor:
         except ValueError as exc:
             managed.phase, managed.message = "Failed", str(exc)
             return
-        env = dict(os.environ)
+        env = {**os.environ, **extra}
+        managed.credential = self._credential() if managed.runtime == "route" else None
         gpus = managed.document["spec"].get("gpus", [])
         env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus)) if self.use_gpus else ""
         env["PYTHONUNBUFFERED"] = "1"
@@ -220,10 +261,21 @@ class Supervisor:
                 continue
             code = process.poll()
             if code is None:
-                if managed.runtime == "serve" and not managed.ready:
+                if managed.runtime in HTTP_RUNTIMES and not managed.ready:
                     self._check_health(managed)
+                if managed.credential is not None and managed.credential != self._credential():
+                    self._restart_with_new_token(managed, now)
                 continue
             self._exited(managed, code, now)
+
+    def _restart_with_new_token(self, managed: Managed, now: float) -> None:
+        """The agent registered again, which revoked the token the router holds: start it
+        afresh with the new one (not a crash: no restart counted, no backoff)."""
+        log.info("workload %s: the node token changed; restarting the router with the new one", managed.name)
+        self.stop(managed.name)
+        managed.process, managed.ready, managed.endpoint = None, False, None
+        managed.phase, managed.next_start = "Pending", now
+        managed.message = "restarting: the node token changed"
 
     def _exited(self, managed: Managed, code: int, now: float) -> None:
         managed.process = None
@@ -304,7 +356,7 @@ class Supervisor:
         if managed.phase == "Succeeded":
             reason = "Completed"
         elif ready:
-            reason = "Serving" if managed.runtime == "serve" else "Training"
+            reason = "Serving" if managed.runtime in HTTP_RUNTIMES else "Training"
         else:
             reasons = {"BackOff": "CrashLoopBackOff", "Failed": "Failed", "Stopped": "Stopped"}
             reason = reasons.get(managed.phase, "Starting")
