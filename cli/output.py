@@ -54,6 +54,8 @@ COLUMNS: dict[str, list[Column]] = {
             "GENERATION",
             lambda d: f"{d['status'].get('observedGeneration', 0)}/{d['metadata']['generation']}",
         ),
+        # Where clients go: the router's endpoint (or the one replica's), once it serves.
+        ("URL", lambda d: d.get("status", {}).get("url") or "-"),
     ],
     "TrainingJob": [
         ("SCHEDULED", lambda d: _deleting(d, condition(d, "Scheduled"))),
@@ -157,6 +159,8 @@ def describe(document: dict[str, Any], events: list[dict[str, Any]]) -> str:
         f"Generation:    {meta.get('generation')} (observed {observed})",
         f"Version:       {meta.get('resourceVersion')}",
     ]
+    if document["kind"] == "Deployment":
+        lines.append(f"URL:           {document.get('status', {}).get('url') or '<none>'}")
     if meta.get("deletionTimestamp"):
         lines.append(
             f"Deleting since: {meta['deletionTimestamp']} "

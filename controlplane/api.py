@@ -7,10 +7,11 @@ outcomes, so the dashboard calls the same code and only the views build response
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,7 @@ from common.specs import BY_PLURAL, KindInfo, kind_for
 from common.timeutil import rfc3339
 from controlplane import apply as applier
 from controlplane import auth, events, openapi, policies, power, scopes, store, users, watch, yamldocs
+from controlplane.controllers import routers
 from controlplane.errors import Conflict, Invalid, NotFound
 from controlplane.http import endpoint, int_param, json_body, read_body
 from controlplane.models import ApiToken, AuditEntry, Event
@@ -167,10 +169,47 @@ def status_view(request: HttpRequest, plural: str, name: str) -> dict[str, Any]:
         ):
             raise scopes.deny(principal, f"write the status of {info.kind.lower()}/{name}")
         status = body["status"]
-        if info.kind == "Node" and principal.role == "agent":
-            status = power.keep_controller_keys(resource.status, status)
+        if principal.role == "agent":
+            status = keep_controller_keys(info.kind, resource.status, status)
         store.update_status(resource, status)
         return store.to_document(resource)
+
+
+# Status keys that only controllers write, per kind, as dotted paths. A node token may write
+# the status of its own Node and Workloads, but not drop or change these: the power limits a
+# controller asked for (controlplane/power.py), a router's backends (controllers/routers.py).
+CONTROLLER_STATUS_KEYS: dict[str, tuple[str, ...]] = {
+    "Node": tuple(f"power.{key}" for key in power.CONTROLLER_KEYS),
+    "Workload": routers.CONTROLLER_KEYS,
+}
+
+
+def keep_controller_keys(kind: str, stored: Mapping[str, Any], written: dict[str, Any]) -> dict[str, Any]:
+    """``written`` (a status an agent PUTs) with the controllers' keys of ``kind`` as stored:
+    one it sent is dropped, one it left out is put back."""
+    kept = copy.deepcopy(written)
+    for path in CONTROLLER_STATUS_KEYS.get(kind, ()):
+        *sections, key = path.split(".")
+        into = _section(kept, sections)
+        if into is not None:
+            into.pop(key, None)
+        source = _section(stored, sections)
+        if source is None or key not in source:
+            continue
+        place = kept
+        for section in sections:
+            if not isinstance(place.get(section), dict):
+                place[section] = {}
+            place = place[section]
+        place[key] = copy.deepcopy(source[key])
+    return kept
+
+
+def _section(document: Any, sections: list[str]) -> Any:
+    """The mapping at ``sections`` under ``document``, or None where there is none."""
+    for section in sections:
+        document = document.get(section) if isinstance(document, Mapping) else None
+    return document if isinstance(document, Mapping) else None
 
 
 @endpoint({"GET": "viewer"})

@@ -1,5 +1,10 @@
 """The OpenAPI 3.1 document for /api/v1/, built from the pydantic spec models.
 
+Specs come from the models (``spec.serving.apiKeys``, Workload role ``router`` and the
+rest with them); statuses, which no model describes, are written here for the kinds whose
+status clients read: a Deployment's (``url``, ``endpoints``, ``replicas``...) and a
+Workload's (a router's ``backends``). Other kinds' statuses are plain objects.
+
 It also describes the three token-free routes outside /api/v1/ (``/healthz``,
 ``/readyz``, ``/metrics``): probes and scrapers are API clients too. Written by hand
 for now; ``tests/test_openapi_routes.py`` checks it against the URL resolver.
@@ -127,6 +132,7 @@ def _components() -> dict[str, Any]:
             "properties": {"items": {"type": "array", "items": {"type": "object"}}},
         },
         **_heartbeat_schemas(),
+        **_status_schemas(),
     }
     for kind, info in KINDS.items():
         spec_schema = info.spec_model.model_json_schema(ref_template="#/components/schemas/{model}")
@@ -140,13 +146,98 @@ def _components() -> dict[str, Any]:
                 "kind": {"const": kind},
                 "metadata": _ref("Metadata"),
                 "spec": _ref(f"{kind}Spec"),
-                "status": {"type": "object", "readOnly": True},
+                "status": (
+                    {**_ref(f"{kind}Status"), "readOnly": True}
+                    if f"{kind}Status" in schemas
+                    else {"type": "object", "readOnly": True}
+                ),
             },
             "required": ["apiVersion", "kind", "metadata"],
         }
     return {
         "schemas": schemas,
         "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+    }
+
+
+def _status_schemas() -> dict[str, Any]:
+    """What controllers and agents write in the statuses clients read (docs/api.md)."""
+    conditions = {"type": "array", "items": _ref("Condition")}
+    return {
+        "Condition": {
+            "type": "object",
+            "properties": {
+                "type": {"type": "string"},
+                "status": {"enum": ["True", "False", "Unknown"]},
+                "reason": {"type": "string"},
+                "message": {"type": "string"},
+                "lastTransitionTime": {"type": "string", "format": "date-time"},
+            },
+            "required": ["type", "status"],
+        },
+        "DeploymentStatus": {
+            "type": "object",
+            "properties": {
+                "observedGeneration": {"type": "integer"},
+                "conditions": conditions,
+                "url": {
+                    "type": "string",
+                    "description": "where clients send requests: the router's endpoint once it is "
+                    "Ready; without a router (one replica, no cache policy) the replica's. Absent "
+                    "while nothing serves",
+                },
+                "endpoints": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "description": "each Ready replica's own endpoint (the router not among them)",
+                },
+                "replicas": {
+                    "type": "object",
+                    "properties": {k: {"type": "integer"} for k in ("desired", "scheduled", "ready")},
+                    "description": "replicas only: the router is not counted",
+                },
+                "placements": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "workload": {"type": "string"},
+                            "node": {"type": "string"},
+                            "gpus": {"type": "array", "items": {"type": "integer"}},
+                            "role": {"enum": ["serve", "prefill", "decode", "router"]},
+                        },
+                    },
+                    "description": "every Workload and where it runs, the router with role router",
+                },
+                "plan": {"type": "object", "description": "a sizing scheduler's plan"},
+                "observedWorkload": {"type": "object", "description": "traffic measured live"},
+            },
+        },
+        "WorkloadStatus": {
+            "type": "object",
+            "properties": {
+                "phase": {
+                    "type": "string",
+                    "description": "Pending, Starting, Running, BackOff, Failed, Stopped or Succeeded",
+                },
+                "observedGeneration": {"type": "integer"},
+                "conditions": conditions,
+                "endpoint": {"type": "string", "description": "where a serve or router Workload listens"},
+                "restarts": {"type": "integer"},
+                "lastExitCode": {"type": "integer"},
+                "progress": {"type": "object", "description": "a training Workload's step and loss"},
+                "backends": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {"name": {"type": "string"}, "url": {"type": "string"}},
+                        "required": ["name", "url"],
+                    },
+                    "description": "role router only: the Ready serve replicas it sends requests to. "
+                    "Written by the owner controller; an agent's status PUT keeps it",
+                },
+            },
+        },
     }
 
 

@@ -7,7 +7,8 @@ it. ``status.power`` has two writers, and neither touches the other's keys:
 
 - ``desired`` (GPU index -> watts, or None to lift the cap back to the board's
   default), ``desiredBy``, ``desiredAt``: a controller, through
-  :func:`set_desired_limits` and nothing else;
+  :func:`set_desired_limits` and nothing else (:data:`CONTROLLER_KEYS`: an agent's PUT of
+  its Node's status keeps them, ``controlplane.api.keep_controller_keys``);
 - ``applied`` (GPU index -> watts the board has now), ``backend``, ``error``,
   ``appliedAt``: the node's agent, through its heartbeat (:func:`record_report`,
   called by ``controllers.nodes``).
@@ -114,14 +115,3 @@ def record_report(status: dict[str, Any], report: Mapping[str, Any]) -> None:
     """Store the agent's report in ``status`` (a copy the caller writes)."""
     power = status.setdefault("power", {})
     power.update({key: report.get(key) for key in AGENT_KEYS}, appliedAt=rfc3339(now()))
-
-
-def keep_controller_keys(stored: Mapping[str, Any], written: dict[str, Any]) -> dict[str, Any]:
-    """``written`` (a Node status an agent PUTs) with the controllers' part of
-    ``status.power`` kept as stored: a node token may write its own Node's status, but
-    not drop or change the limits a controller asked for."""
-    kept = {key: value for key, value in (stored.get("power") or {}).items() if key in CONTROLLER_KEYS}
-    power = {k: v for k, v in (written.get("power") or {}).items() if k not in CONTROLLER_KEYS}
-    if kept or power:
-        return {**written, "power": {**power, **copy.deepcopy(kept)}}
-    return written

@@ -2,11 +2,14 @@
 
 The list shows, per Deployment, replicas ready/desired, where its Workloads run,
 its SLO targets against the latency its replicas last reported (``dashboard.serving``),
-its endpoints and its conditions (``dashboard.owners``, shared with the Training jobs
-pages). A page of 50 costs the same handful of queries whatever the fleet's size: one
-for the page, one for all of its Workloads, one for the newest telemetry of their
-nodes. A sized Deployment's page also shows its scheduler's plan
-(status.plan), with every estimate marked as one.
+its URL (``status.url``: its router's, or its one replica's), its endpoints and its
+conditions (``dashboard.owners``, shared with the Training jobs pages). A page of 50
+costs the same handful of queries whatever the fleet's size: one for the page, one for
+all of its Workloads, one for the newest telemetry of their nodes. A sized Deployment's
+page also shows its scheduler's plan (status.plan), with every estimate marked as one,
+and every Deployment's page its prefix-cache hit rate. The router is listed with the
+Workloads and the placement, but its numbers are kept out of the replicas' latency,
+charts and prefix-cache figures.
 
 Every write (scale, edit, delete) goes through ``controlplane.apply`` or
 ``controlplane.api.delete``, the code behind the REST API, so validation,
@@ -37,7 +40,7 @@ from dashboard.common import actor, page_of, querystring
 from dashboard.owners import condition_badges, workload_rows, workloads_by_owner
 from dashboard.plans import plan_view
 from dashboard.roles import needs
-from dashboard.serving import charts, measured, slo_lines
+from dashboard.serving import charts, measured, prefix_cache_figures, slo_lines
 
 KIND = "Deployment"
 STATES = ("Ready", "Progressing", "Unschedulable", "Deleting")
@@ -86,13 +89,25 @@ def placement(workloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
+def _link(url: str) -> dict[str, Any]:
+    """A URL to show; only http(s) ones become links."""
+    return {"url": url, "link": url.startswith(("http://", "https://"))}
+
+
 def endpoints(status: dict[str, Any]) -> list[dict[str, Any]]:
-    """status.endpoints; only http(s) URLs become links."""
-    return [
-        {"url": url, "link": url.startswith(("http://", "https://"))}
-        for url in status.get("endpoints") or []
-        if isinstance(url, str)
-    ]
+    """status.endpoints: each Ready replica's own."""
+    return [_link(url) for url in status.get("endpoints") or [] if isinstance(url, str)]
+
+
+def url_of(status: dict[str, Any]) -> dict[str, Any] | None:
+    """status.url, where clients go, or None while nothing serves."""
+    url = status.get("url")
+    return _link(url) if isinstance(url, str) and url else None
+
+
+def replicas_of(workloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The Workload rows that are replicas: the router's numbers are not a replica's."""
+    return [w for w in workloads if w["role"] != "router"]
 
 
 def rows_for(resources: list[Resource]) -> list[dict[str, Any]]:
@@ -105,6 +120,7 @@ def rows_for(resources: list[Resource]) -> list[dict[str, Any]]:
     rows = []
     for resource in resources:
         mine = workloads.get(str(resource.uid), [])
+        serving = replicas_of(mine)
         replicas = resource.status.get("replicas") or {}
         rows.append(
             {
@@ -116,8 +132,10 @@ def rows_for(resources: list[Resource]) -> list[dict[str, Any]]:
                 "state": state_of(resource),
                 "badges": _badges(resource),
                 "placement": placement(mine),
-                "slo": slo_lines(resource.spec, measured(mine, latest)),
+                "slo": slo_lines(resource.spec, measured(serving, latest)),
+                "url": url_of(resource.status),
                 "endpoints": endpoints(resource.status),
+                "prefix_cache": prefix_cache_figures(serving, latest),
                 "workloads": mine,
             }
         )
@@ -191,7 +209,7 @@ def _detail_context(resource: Resource) -> dict[str, Any]:
     context.update(
         spec_yaml=editable_yaml(resource),
         events=_events(resource.name),
-        charts=charts(context["row"]["workloads"]),
+        charts=charts(replicas_of(context["row"]["workloads"])),
     )
     return context
 

@@ -1,9 +1,12 @@
 """What serving Workloads report, as the Deployment pages show it: the latency each replica
-last reported against the SLO, and request rate, latency and KV-cache use over the last hour.
+last reported against the SLO, and request rate, latency, KV-cache use and prefix-cache hit
+rate over the last hour.
 
 The agent sends each Workload's numeric /stats values (agents/runtimes/serve/metrics.py)
 under the raw sample's ``workloads``, flattened one level (agents.agent.flat_numbers):
-requestsTotal, kvBlocksUsed/Free/Total, and ``ttftSeconds.p99``, ``tpotSeconds.p50`` ...
+requestsTotal, kvBlocksUsed/Free/Total, ``ttftSeconds.p99``, ``tpotSeconds.p50``, and the
+engine's prefix cache as ``prefixCache.hits``, ``prefixCache.hitTokens`` ... Callers pass
+the replicas only: a router's numbers are not a replica's.
 """
 
 from __future__ import annotations
@@ -21,6 +24,10 @@ from dashboard.charts import Series, line_chart
 
 CHART_WINDOW = timedelta(hours=1)
 QUANTILES = ("p99", "p50")
+PREFIX_CACHE = "prefixCache."
+# Cumulative counters since the runtime started, and gauges, as the engine names them.
+PREFIX_COUNTERS = ("hits", "misses", "hitTokens", "promptTokens", "evictions", "pinsBroken")
+PREFIX_GAUGES = ("cachedBlocks", "pinnedBlocks")
 
 
 def latency_ms(metrics: dict[str, float], which: str) -> tuple[float, str] | None:
@@ -148,13 +155,68 @@ def _kv_use(by_minute: dict[datetime, dict[str, list[dict]]]) -> dict[datetime, 
     return found
 
 
+def _restarted(previous: dict[str, Any], sample: dict[str, Any]) -> bool:
+    """Whether the runtime restarted between two samples (its counters began again at zero):
+    its uptime went down, or a counter did (a restart between two reports, or no uptime)."""
+    before, uptime = previous.get("uptimeSeconds"), sample.get("uptimeSeconds")
+    if before is not None and uptime is not None and uptime < before:
+        return True
+    return any(
+        sample.get(PREFIX_CACHE + key, 0) < previous.get(PREFIX_CACHE + key, 0) for key in PREFIX_COUNTERS
+    )
+
+
+def _hit_rates(by_minute: dict[datetime, dict[str, list[dict]]]) -> dict[datetime, float]:
+    """% of prompt tokens served from the prefix cache per minute, over all replicas: the sum
+    of each replica's Δ hitTokens over the sum of its Δ promptTokens between consecutive
+    samples. The interval across a restart is skipped, as a request rate's is."""
+    last: dict[str, dict[str, Any]] = {}
+    hit: dict[datetime, float] = defaultdict(float)
+    prompt: dict[datetime, float] = defaultdict(float)
+    hits_key, prompts_key = PREFIX_CACHE + "hitTokens", PREFIX_CACHE + "promptTokens"
+    for minute in sorted(by_minute):
+        for name, samples in by_minute[minute].items():
+            for sample in samples:
+                if sample.get(hits_key) is None or sample.get(prompts_key) is None:
+                    continue
+                previous, last[name] = last.get(name), sample
+                if previous is None or _restarted(previous, sample):
+                    continue
+                hit[minute] += sample[hits_key] - previous[hits_key]
+                prompt[minute] += sample[prompts_key] - previous[prompts_key]
+    return {minute: 100.0 * hit[minute] / total for minute, total in prompt.items() if total > 0}
+
+
+def prefix_cache_figures(
+    workloads: list[dict[str, Any]], latest: dict[str, dict[str, Any]]
+) -> dict[str, float | None] | None:
+    """The replicas' prefix-cache counters and gauges summed from their nodes' newest samples,
+    with the hit rate over every prompt token so far; None when no replica reports any."""
+    totals: dict[str, float] = dict.fromkeys(PREFIX_COUNTERS + PREFIX_GAUGES, 0.0)
+    reporting = 0
+    for w in workloads:
+        metrics = ((latest.get(w["node"]) or {}).get("workloads") or {}).get(w["name"]) or {}
+        found = {k.removeprefix(PREFIX_CACHE): v for k, v in metrics.items() if k.startswith(PREFIX_CACHE)}
+        if not found:
+            continue
+        reporting += 1
+        for key in totals:
+            totals[key] += float(found.get(key) or 0.0)
+    if not reporting:
+        return None
+    prompts = totals["promptTokens"]
+    rate = 100.0 * totals["hitTokens"] / prompts if prompts else None
+    return {**totals, "hitRate": rate, "replicas": float(reporting)}
+
+
 def _points(values: dict[datetime, float], minutes: list[datetime]) -> list[tuple[datetime, float | None]]:
     """One point per minute of the window; a minute without data breaks the line."""
     return [(m, values.get(m)) for m in minutes]
 
 
 def charts(workloads: list[dict[str, Any]]) -> dict[str, SafeString]:
-    """Request rate, TTFT/TPOT and KV-cache use over the last hour (or each chart's empty note)."""
+    """Request rate, TTFT/TPOT, KV-cache use and prefix-cache hit rate over the last hour (or
+    each chart's empty note)."""
     end = _minute(now())
     minutes = [end - timedelta(minutes=n) for n in range(int(CHART_WINDOW.total_seconds() // 60), -1, -1)]
     by_minute = _samples(workloads, minutes[0])
@@ -175,6 +237,12 @@ def charts(workloads: list[dict[str, Any]]) -> dict[str, SafeString]:
         "kv": line_chart(
             [Series("KV cache in use", _points(_kv_use(by_minute), minutes))],
             title="KV cache in use",
+            unit="%",
+            y_max=100.0,
+        ),
+        "prefix_cache": line_chart(
+            [Series("prompt tokens from the cache", _points(_hit_rates(by_minute), minutes))],
+            title="Prefix-cache hit rate",
             unit="%",
             y_max=100.0,
         ),

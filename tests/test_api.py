@@ -641,7 +641,7 @@ def test_deleting_a_deployment_waits_for_its_workloads(operator, add_node):
     add_node("gpu-b")
     operator.apply(deployment())
     owners.reconcile("Deployment", "chat-small")
-    assert len(operator.get("/workloads").json()["items"]) == 2
+    assert len(operator.get("/workloads").json()["items"]) == 3  # two replicas and their router
 
     response = operator.delete("/deployments/chat-small")
     assert response.status_code == 202

@@ -30,9 +30,15 @@ def reconcile(name: str, kind: str = "Deployment") -> Resource:
     return store.get(kind, name)
 
 
-def workloads_of(name: str) -> list[Resource]:
+def owned_by(name: str) -> list[Resource]:
+    """Every Workload of the owner ``name``: its replicas and, for a Deployment, its router."""
     found = [w for w in Resource.objects.filter(kind="Workload") if w.spec["owner"]["name"] == name]
     return sorted(found, key=owners.replica_index)
+
+
+def workloads_of(name: str) -> list[Resource]:
+    """The owner's replicas; a Deployment of several also gets a router (test_routers_controller.py)."""
+    return [w for w in owned_by(name) if w.spec["role"] != "router"]
 
 
 def gpus_of(name: str) -> set[tuple[str, int]]:
@@ -95,18 +101,22 @@ def test_it_sets_conditions_and_observed_generation_after_scheduling(add_node):
 
     scheduled = condition(owner, "Scheduled")
     assert (scheduled["status"], scheduled["reason"]) == ("True", "Placed")
-    assert scheduled["message"] == "2 replicas on 1 nodes"
+    assert scheduled["message"] == "2 replicas on 1 nodes, router on gpu-a"
     ready = condition(owner, "Ready")
     assert (ready["status"], ready["reason"], ready["message"]) == (
         "False",
         "Starting",
-        "0/2 replicas serving",
+        "0/2 replicas serving, router not ready",
     )
     progressing = condition(owner, "Progressing")
     assert (progressing["status"], progressing["reason"]) == ("True", "WaitingForReplicas")
     assert owner.status["observedGeneration"] == owner.generation == 1
     assert owner.status["replicas"] == {"desired": 2, "scheduled": 2, "ready": 0}
-    assert [p["node"] for p in owner.status["placements"]] == ["gpu-a", "gpu-a"]
+    assert [(p["node"], p["role"]) for p in owner.status["placements"]] == [
+        ("gpu-a", "serve"),
+        ("gpu-a", "serve"),
+        ("gpu-a", "router"),
+    ]
 
 
 def test_it_records_a_scheduled_event_naming_the_scheduler_and_placements(add_node):
@@ -148,7 +158,7 @@ def test_it_reports_ready_when_every_workload_reports_ready(add_node):
     add_node("gpu-a")
     create(deployment("chat-small", replicas=2))
     reconcile("chat-small")
-    for workload in workloads_of("chat-small"):
+    for workload in owned_by("chat-small"):  # the replicas and the router
         status = {"conditions": [{"type": "Ready", "status": "True", "reason": "Serving"}]}
         store.update_status(workload, status)
     owner = reconcile("chat-small")
@@ -398,7 +408,11 @@ def test_workloads_on_a_node_that_goes_not_ready_move_to_a_ready_node(add_node):
     assert lost.isdisjoint({w.uid for w in workloads_of("chat-small")})
     assert is_true(owner.status, "Scheduled")
     rescheduling = Event.objects.filter(kind="Deployment", name="chat-small", reason="Rescheduling")
-    assert rescheduling.count() == 2
+    assert sorted(e.message.split()[0] for e in rescheduling) == [
+        "workload/chat-small-router-0",
+        "workload/chat-small-serve-0",
+        "workload/chat-small-serve-1",
+    ]
     assert all(e.type == "Warning" and "lost its node gpu-a" in e.message for e in rescheduling)
 
 
@@ -501,15 +515,15 @@ def test_deleting_a_deployment_removes_its_workloads_then_the_object(add_node):
     add_node("gpu-a")
     create(deployment("chat-small", replicas=2))
     reconcile("chat-small")
-    assert len(workloads_of("chat-small")) == 2
+    assert len(owned_by("chat-small")) == 3  # two replicas and the router
 
     assert store.request_delete(store.get("Deployment", "chat-small")) is False
     marked = store.get("Deployment", "chat-small")
     assert marked.deletion_timestamp is not None
-    assert len(workloads_of("chat-small")) == 2  # nothing goes until the controller runs
+    assert len(owned_by("chat-small")) == 3  # nothing goes until the controller runs
 
     owners.reconcile("Deployment", "chat-small")
-    assert workloads_of("chat-small") == []
+    assert owned_by("chat-small") == []
     assert store.find("Deployment", "chat-small") is None
     assert "Deleting" in reasons("Deployment", "chat-small")
     deleted = Change.objects.filter(kind="Deployment", name="chat-small", type="DELETED")

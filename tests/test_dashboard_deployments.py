@@ -206,7 +206,8 @@ def test_detail_shows_status_spec_workloads_events_and_charts(op, add_node):
     assert "builtin:tiny-llama" in html and "ttftMs: 250" in html  # the spec as YAML
     assert "Scheduled" in html and "placed 2 replicas" in html  # an event
     # No telemetry yet: every chart says so instead of drawing empty axes.
-    assert html.count("no data for this period yet") == 3
+    assert html.count("no data for this period yet") == 4
+    assert "no prefix-cache figures yet" in html
     assert 'id="schedule-plan"' not in html  # binpack sizes nothing: no plan section
 
 
@@ -230,7 +231,9 @@ def test_detail_charts_read_the_workloads_telemetry(op, add_node):
             seconds_ago=600 - 100 * step,
         )
     html = op.get(detail("chat-small")).content.decode()
-    assert "no data for this period yet" not in html
+    # These replicas report no prefix cache: only that chart (tests/test_dashboard_cache.py) is empty.
+    assert html.count("no data for this period yet") == 1
+    assert "Prefix-cache hit rate (%): no data for this period yet" in html
     assert 'aria-label="Request rate (req/s)"' in html
     assert 'aria-label="Latency (ms)"' in html and ">TTFT<" in html and ">TPOT<" in html
     assert 'aria-label="KV cache in use (%)"' in html

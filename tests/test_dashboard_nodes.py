@@ -67,10 +67,16 @@ def shown_nodes(html: str) -> list[str]:
     return re.findall(r'<div class="card node-card" data-node="([^"]+)"', html)
 
 
+def owned(name: str) -> list[Resource]:
+    """Every Workload of Deployment ``name``: its replicas and (with several) its router."""
+    return list(Resource.objects.filter(kind="Workload", owner_ref=f"Deployment/{name}").order_by("name"))
+
+
 def schedule(name: str = "chat-small", replicas: int = 2) -> list[Resource]:
+    """Apply and place Deployment ``name``; its replicas, which take the GPUs."""
     apply([deployment(name, replicas=replicas)], actor="test")
     owners.reconcile("Deployment", name)
-    return list(Resource.objects.filter(kind="Workload", owner_ref=f"Deployment/{name}").order_by("name"))
+    return [w for w in owned(name) if w.spec["role"] != "router"]
 
 
 def node_spec(name: str) -> dict[str, Any]:
@@ -391,7 +397,7 @@ def test_drain_evicts_the_workloads_and_their_owners_place_them_elsewhere(op, ad
     placed = schedule("chat-small", replicas=2)
     drained = placed[0].node_name
     other = "gpu-b" if drained == "gpu-a" else "gpu-a"
-    on_drained = [w.name for w in placed if w.node_name == drained]
+    on_drained = [w.name for w in owned("chat-small") if w.node_name == drained]  # the router too
 
     response = op.post(f"/nodes/{drained}/drain", follow=True)
 
@@ -407,7 +413,7 @@ def test_drain_evicts_the_workloads_and_their_owners_place_them_elsewhere(op, ad
     owners.reconcile("Deployment", "chat-small")
 
     replaced = Resource.objects.filter(kind="Workload", owner_ref="Deployment/chat-small")
-    assert replaced.count() == 2
+    assert replaced.count() == 3  # two replicas and the router
     assert {w.node_name for w in replaced} == {other}
 
 

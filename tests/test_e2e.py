@@ -46,8 +46,14 @@ def converged(live, name):
     return document if condition(document, "Progressing") == "False" else None
 
 
-def workloads_of(live, name):
+def owned(live, name):
+    """Every Workload of Deployment ``name``: its replicas and, with several, its router."""
     return live.client.list("workloads", labelSelector=f"flotilla.dev/owner={name}")["items"]
+
+
+def workloads_of(live, name):
+    """The replicas (the router is no replica: tests/test_routers_controller.py)."""
+    return [w for w in owned(live, name) if w["spec"]["role"] != "router"]
 
 
 def test_it_reports_which_back_end_it_runs_on(live):
@@ -64,6 +70,8 @@ def test_an_applied_deployment_gets_workloads_and_is_scheduled_within_seconds(li
     assert len(workloads) == 3
     assert {w["spec"]["nodeName"] for w in workloads} <= {"gpu-a", "gpu-b"}
     assert all(len(w["spec"]["gpus"]) == 1 for w in workloads)
+    routers = [w for w in owned(live, "e2e-chat") if w["spec"]["role"] == "router"]
+    assert [(w["spec"]["runtime"], w["spec"]["gpus"]) for w in routers] == [("route", [])]
     assert document["status"]["observedGeneration"] == 1
 
 
@@ -124,7 +132,7 @@ def test_delete_answers_202_then_the_deployment_and_its_workloads_are_gone(live)
         return False
 
     wait_for(gone, what="deployment gone")
-    assert workloads_of(live, "e2e-gone") == []
+    assert owned(live, "e2e-gone") == []  # the replicas and the router
 
 
 def test_invalid_documents_get_a_4xx_naming_the_field_and_nothing_is_written(live):

@@ -179,6 +179,61 @@ def test_heartbeat_telemetry_is_stored_and_served(live):
     assert busy, "the simulated GPU running a Workload reports load"
 
 
+ROUTER_KEY = "e2e-router-key-" + "0123456789abcdef"
+
+
+def routed(live):
+    """The Deployment ``routed`` once Ready with a router URL, else None."""
+    document = live.client.get("deployments", "routed")
+    url = document.get("status", {}).get("url")
+    return document if condition(document, "Ready") == "True" and url else None
+
+
+def test_a_deployment_with_a_cache_policy_is_served_through_its_router_to_the_openai_client(live):
+    """Two replicas behind a router that the agent runs: the official openai client gets a
+    completion, a chat and a stream at status.url; the key is required; the replicas'
+    prefix-cache figures reach the control plane with telemetry."""
+    import openai
+
+    doc = tiny("routed", replicas=2)
+    doc["spec"]["model"]["config"] = {**TINY, "maxSeqLen": 512}
+    doc["spec"]["policies"] = {"cache": "prefix-aware"}
+    doc["spec"]["serving"] = {"apiKeys": [ROUTER_KEY]}
+    live.client.apply(yaml.safe_dump(doc))
+    document = wait_for(lambda: routed(live), timeout=180, what="routed Ready with status.url")
+    url = document["status"]["url"]
+    assert url not in document["status"]["endpoints"] and len(document["status"]["endpoints"]) == 2
+    stored = yaml.safe_dump(live.client.get("deployments", "routed"))
+    assert ROUTER_KEY not in stored, "only the key's digest is stored"
+
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=ROUTER_KEY, max_retries=0, timeout=60)
+    model = client.models.list().data[0].id
+    system = "You are a terse assistant. " * 8
+    completion = client.completions.create(model=model, prompt=system + "Hi", max_tokens=4)
+    assert completion.usage.completion_tokens == 4
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": "Hello"}]
+    chat = client.chat.completions.create(model=model, messages=messages, max_tokens=4, user="s-1")
+    assert isinstance(chat.choices[0].message.content, str)
+    stream = client.chat.completions.create(model=model, messages=messages, max_tokens=6, stream=True)
+    chunks = list(stream)
+    assert chunks and chunks[-1].choices[0].finish_reason in ("length", "stop")
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{url}/v1", api_key="wrong-key-" + "x" * 16, max_retries=0).models.list()
+
+    def hit_tokens():
+        items = live.client.request("GET", "/api/v1/nodes/cpu-a/telemetry", params={"resolution": "raw"})
+        total = 0.0
+        for item in items["items"][-1:]:
+            for name, metrics in (item.get("workloads") or {}).items():
+                if name.startswith("routed-serve-"):
+                    total += metrics.get("prefixCache.hitTokens", 0)
+        return total or None
+
+    # The same conversation again: prefix-aware routing sends it where its prefix is cached.
+    client.chat.completions.create(model=model, messages=messages, max_tokens=4, user="s-1")
+    assert wait_for(hit_tokens, timeout=30, what="prefix-cache hits in telemetry") > 0
+
+
 def test_sigterm_drains_the_agent_stops_its_workloads_and_exits_cleanly(live):
     live.start_agent("cpu-drain", "1xL4", run_workloads=True, labels="pool=drain")
     wait_for(lambda: live.node_ready("cpu-drain"), what="cpu-drain registered")

@@ -38,7 +38,7 @@ def test_it_counts_resources_nodes_gpus_and_scheduled_owners_without_a_token(cli
     assert response["Content-Type"].startswith("text/plain; version=0.0.4")
     values = samples(response.content.decode())
     assert values['flotilla_resources{kind="Node"}'] == 2
-    assert values['flotilla_resources{kind="Workload"}'] == 2
+    assert values['flotilla_resources{kind="Workload"}'] == 3  # two replicas and their router
     assert values['flotilla_nodes{ready="true"}'] == 2
 
     def gpus(state: str) -> float:

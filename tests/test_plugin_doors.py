@@ -111,7 +111,12 @@ def training_job(name: str, **spec: Any) -> dict[str, Any]:
 
 
 def workload_config(owner: str) -> dict[str, Any]:
-    (workload,) = [w for w in Resource.objects.filter(kind="Workload") if w.spec["owner"]["name"] == owner]
+    """The config of the owner's one replica (a cache policy also gives a Deployment a router)."""
+    (workload,) = [
+        w
+        for w in Resource.objects.filter(kind="Workload")
+        if w.spec["owner"]["name"] == owner and w.spec["role"] != "router"
+    ]
     return workload.spec["config"]
 
 

@@ -42,8 +42,11 @@ def sized(name: str = "chat", rate: float = 30.0, **spec) -> dict:
 
 
 def workload_types(name: str) -> dict[str, int]:
+    """Replicas per GPU type (the router, which takes no GPU, is not a replica)."""
     types: dict[str, int] = {}
     for workload in Resource.objects.filter(kind="Workload", owner_ref=f"Deployment/{name}"):
+        if workload.spec["role"] == "router":
+            continue
         node = store.get("Node", workload.node_name)
         device = next(d for d in node.status["devices"] if d["index"] == workload.spec["gpus"][0])
         types[device["type"]] = types.get(device["type"], 0) + 1
@@ -60,6 +63,8 @@ def test_melange_sizes_the_deployment_and_places_the_planned_mix(add_node):
     assert plan["policy"] == "melange" and plan["generation"] == owner.generation
     assert workload_types("chat") == plan["replicas"]
     assert sum(plan["replicas"].values()) > 1  # 70 req/s needs more than the declared 1 replica
+    # What runs, not spec.replicas, decides the router: several replicas need one in front.
+    assert store.get("Workload", "chat-router-0").spec["gpus"] == []
     assert get_condition(owner.status, "Scheduled")["status"] == "True"
     assert owner.status["replicas"]["desired"] == sum(plan["replicas"].values())
 

@@ -2,8 +2,14 @@
 
 Level-triggered: each pass reads the owner and all of its Workloads, drops
 Workloads on lost nodes, removes excess replicas, asks the scheduler plugin to
-place the missing ones, and writes Workloads, conditions and events in one
-transaction. Deletion removes the Workloads before the finalizer is lifted.
+place the missing ones, keeps a Deployment's router (``routers.py``), rolls a new
+spec out to the replicas (``workload_config.follow_spec``), and writes Workloads,
+conditions and events in one transaction. Deletion removes the Workloads (the router
+with them) before the finalizer is lifted.
+
+``status.url`` is where clients go: the router's endpoint once it is Ready; with no
+router (one replica, no cache policy), that replica's endpoint once it is Ready;
+absent otherwise. Ready needs the router Ready too, where there is one.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Callable
-from functools import partial
+from functools import cache, partial
 from typing import Any, NamedTuple
 
 from django.db import transaction
@@ -20,6 +26,8 @@ from pydantic import BaseModel
 from common.specs import KINDS, WORKLOAD_FINALIZER, DeploymentSpec, TrainingJobSpec
 from controlplane import events, fleet, store
 from controlplane.conditions import is_true, set_condition
+from controlplane.controllers import routers
+from controlplane.controllers.routers import Router
 from controlplane.controllers.sizing import (
     Choice,
     OwnerSpec,
@@ -31,26 +39,24 @@ from controlplane.controllers.sizing import (
     scheduler_for,
     sizing_plan,
 )
-from controlplane.controllers.workload_config import runtime_config
+from controlplane.controllers.workload_config import (
+    OWNER_LABEL,  # noqa: F401 - named from here by the dashboard and the tests
+    REPLICA_LABEL,
+    SOURCE,
+    create_workload,
+    follow_spec,
+    runtime_config,
+    workload_name,
+)
 from controlplane.kube.pods import executor_spec
 from controlplane.models import Event, Resource
 from plugins.types import FleetView, SchedulePlan
 
 log = logging.getLogger(__name__)
-SOURCE = "owner-controller"
-REPLICA_LABEL = "flotilla.dev/replica"
-OWNER_LABEL = "flotilla.dev/owner"
 
 
 def desired_replicas(kind: str, spec: OwnerSpec) -> int:
     return spec.replicas if isinstance(spec, DeploymentSpec) else 1
-
-
-def workload_name(owner: Resource, role: str, index: int) -> str:
-    name = f"{owner.name}-{role}-{index}"
-    if len(name) <= 63:
-        return name
-    return f"{owner.name[:40]}-{str(owner.uid)[:8]}-{role}-{index}"[:63]
 
 
 def replica_index(workload: Resource) -> int:
@@ -102,19 +108,28 @@ class Targets(NamedTuple):
 
 def _converge(owner: Resource, planned: Planned | None = None) -> None:
     """One pass: drop Workloads on lost nodes, decide the targets, scale down, place
-    what is missing, write the status."""
+    what is missing, roll a new spec out, keep the router, write the status."""
     spec = KINDS[owner.kind].spec_model.model_validate(owner.spec)
     status = copy.deepcopy(owner.status)
     store.add_finalizer(owner, WORKLOAD_FINALIZER)
     view, usable = _placement_view(planned)
-    workloads = owned_workloads(owner)
-    lost = _drop_lost(owner, workloads, usable)
+    owned = owned_workloads(owner)
+    lost = _drop_lost(owner, owned, usable)
+    router_workloads, workloads = routers.split(owned)  # the router is no replica
     choice = scheduler_for(spec)
     targets = _targets(owner, spec, choice, status, planned, workloads)
     workloads, missing, scaled_down = _scale_down(owner, workloads, targets.counts)
-    placing = partial(_fresh_view, view, lost or scaled_down)  # read only if something is missing
+    # Read only if something is missing, and once: the router is placed on what the replicas left.
+    placing = cache(partial(_fresh_view, view, lost or scaled_down))
     unschedulable = _unschedulable(owner, spec, choice, placing, workloads, missing, targets)
-    _write_status(owner, spec, status, workloads, targets, unschedulable)
+    restarting = follow_spec(owner, workloads)
+    serving = [w for w in workloads if w not in restarting]  # what the router may send requests to
+    router = routers.converge(owner, spec, targets.desired, router_workloads, serving, placing)
+    if router.problem:  # said where the replicas' problems are: the Scheduled condition
+        unschedulable = "; ".join(
+            [unschedulable or f"{len(workloads)}/{targets.desired} scheduled", router.problem]
+        )
+    _write_status(owner, spec, status, workloads, targets, unschedulable, router)
 
 
 def _placement_view(planned: Planned | None) -> tuple[tuple[FleetView, fleet.Basis] | None, set[str]]:
@@ -127,7 +142,7 @@ def _placement_view(planned: Planned | None) -> tuple[tuple[FleetView, fleet.Bas
 
 
 def _drop_lost(owner: Resource, workloads: list[Resource], usable: set[str]) -> bool:
-    """Delete (and take out of ``workloads``) the replicas whose node is lost; True if any.
+    """Delete (and take out of ``workloads``) the Workloads whose node is lost; True if any.
 
     Replicas on nodes that are gone or not ready are replaced elsewhere, except in a
     full disruption: when no node at all is Ready, the likelier cause is our own outage
@@ -246,9 +261,10 @@ def _write_status(
     workloads: list[Resource],
     targets: Targets,
     unschedulable: str | None,
+    router: Router,
 ) -> None:
     """Conditions, the plan, and what runs where; one write, none when nothing changed."""
-    _set_outcome(owner, status, workloads, targets, unschedulable)
+    _set_outcome(owner, status, workloads, targets, unschedulable, router)
     if targets.plan is not None:
         status["plan"] = {**targets.plan.to_dict(), "generation": owner.generation}
     elif not targets.plan_problem:
@@ -263,15 +279,28 @@ def _write_status(
     status["endpoints"] = [
         w.status["endpoint"] for w in workloads if is_true(w.status, "Ready") and w.status.get("endpoint")
     ]
+    url = _url(router, status["endpoints"], targets.desired) if owner.kind == "Deployment" else None
+    if url:
+        status["url"] = url
+    else:
+        status.pop("url", None)
     if owner.kind == "TrainingJob":
         progress = next((w.status["progress"] for w in workloads if w.status.get("progress")), None)
         if progress:
             status["progress"] = progress
+    placed = [*workloads, router.workload] if router.workload is not None else workloads
     status["placements"] = [
         {"workload": w.name, "node": w.node_name, "gpus": w.spec.get("gpus", []), "role": w.spec.get("role")}
-        for w in workloads
+        for w in placed
     ]
     store.update_status(owner, status)
+
+
+def _url(router: Router, endpoints: list[str], desired: int) -> str | None:
+    """Where clients go (the module docstring's rule), or None while nowhere serves."""
+    if router.wanted:
+        return router.endpoint
+    return endpoints[0] if desired == 1 and len(endpoints) == 1 else None
 
 
 def _set_outcome(
@@ -280,8 +309,10 @@ def _set_outcome(
     workloads: list[Resource],
     targets: Targets,
     unschedulable: str | None,
+    router: Router,
 ) -> None:
-    """Scheduled, Ready and Progressing: finished, shown-only, or by the replicas running."""
+    """Scheduled, Ready and Progressing: finished, shown-only, or by the replicas (and the
+    router) running."""
     plan = targets.plan
     if targets.succeeded:
         set_condition(status, "Scheduled", True, "Completed", "training finished")
@@ -294,7 +325,7 @@ def _set_outcome(
         set_condition(status, "Ready", False, "RuntimeUnsupported", "nothing runs: the plan is shown only")
         set_condition(status, "Progressing", False, "RuntimeUnsupported", "waiting for runtime support")
     else:
-        _set_conditions(owner, status, workloads, targets.desired, unschedulable)
+        _set_conditions(owner, status, workloads, targets.desired, unschedulable, router)
 
 
 def _training_finished(owner: Resource, status: dict[str, Any], workloads: list[Resource]) -> bool:
@@ -375,23 +406,14 @@ def _place(
         cluster = node.cluster if node is not None else None
         if cluster not in executors:
             executors[cluster] = executor_spec(cluster)
-        workload = store.create(
-            "Workload",
+        workload = create_workload(
+            owner,
             workload_name(owner, placement.role, index),
-            {
-                "owner": {"kind": owner.kind, "name": owner.name, "uid": str(owner.uid)},
-                "role": placement.role,
-                "nodeName": placement.node,
-                "gpus": placement.gpus,
-                "runtime": "train" if role == "train" else "serve",
-                "config": runtime_config(owner),
-                # The node's Cluster says who runs it (controlplane/kube/pods.py).
-                **executors[cluster],
-            },
-            labels={OWNER_LABEL: owner.name, REPLICA_LABEL: str(index)},
-            owner_references=[
-                {"kind": owner.kind, "name": owner.name, "uid": str(owner.uid), "controller": True}
-            ],
+            placement,
+            runtime="train" if role == "train" else "serve",
+            config=runtime_config(owner),
+            labels={REPLICA_LABEL: str(index)},
+            executor=executors[cluster],
         )
         created.append(workload)
     workloads.extend(created)
@@ -413,32 +435,42 @@ def _set_conditions(
     workloads: list[Resource],
     desired: int,
     unschedulable: str | None,
+    router: Router,
 ) -> None:
     nodes = sorted({w.node_name for w in workloads})
     if unschedulable:
         if set_condition(status, "Scheduled", False, "Unschedulable", unschedulable):
             events.record(owner, "FailedScheduling", unschedulable, type_="Warning", source=SOURCE)
     else:
+        where = f", router on {router.workload.node_name}" if router.workload is not None else ""
         set_condition(
             status,
             "Scheduled",
             True,
             "Placed",
-            f"{len(workloads)} replicas on {len(nodes)} nodes",
+            f"{len(workloads)} replicas on {len(nodes)} nodes{where}",
         )
     ready = sum(is_true(w.status, "Ready") for w in workloads)
     noun = "replicas serving" if owner.kind == "Deployment" else "replicas running"
+    # Where there is a router, clients reach the replicas only through it.
+    routed = "" if not router.wanted else (", router ready" if router.ready else ", router not ready")
     if desired == 0:
         set_condition(status, "Ready", True, "ScaledToZero", "0 replicas desired")
-    elif ready >= desired:
-        set_condition(status, "Ready", True, "AllReplicasReady", f"{ready}/{desired} {noun}")
+    elif ready >= desired and (router.ready or not router.wanted):
+        set_condition(status, "Ready", True, "AllReplicasReady", f"{ready}/{desired} {noun}{routed}")
     else:
-        set_condition(status, "Ready", False, "Starting", f"{ready}/{desired} {noun}")
-    done = not unschedulable and ready >= desired
+        reason = "Starting" if ready < desired else "RouterNotReady"
+        set_condition(status, "Ready", False, reason, f"{ready}/{desired} {noun}{routed}")
+    if unschedulable:
+        progress = "WaitingForCapacity"
+    elif ready < desired:
+        progress = "WaitingForReplicas"
+    else:
+        progress = "WaitingForRouter" if router.wanted and not router.ready else "Converged"
     set_condition(
         status,
         "Progressing",
-        not done,
-        "Converged" if done else ("WaitingForCapacity" if unschedulable else "WaitingForReplicas"),
-        f"{len(workloads)}/{desired} scheduled, {ready}/{desired} ready",
+        progress != "Converged",
+        progress,
+        f"{len(workloads)}/{desired} scheduled, {ready}/{desired} ready{routed}",
     )

@@ -2,8 +2,9 @@
 
 Split out of the owner controller (``owners.py``) because the dry-run preview
 (``controlplane/schedule_preview.py``) asks the same questions without placing
-anything: which scheduler resolves for this spec, what ``PlacementRequest`` it gets,
-and what a sizing scheduler (melange, distserve) would plan.
+anything: which scheduler resolves for this spec, what ``PlacementRequest`` it gets
+(its replicas', and its router's: ``routers.py``), and what a sizing scheduler (melange,
+distserve) would plan.
 """
 
 from __future__ import annotations
@@ -103,6 +104,20 @@ def placement_request(
         cluster=spec.cluster,
         role=role_of(owner.kind),
         deployment=spec if isinstance(spec, DeploymentSpec) else None,
+    )
+
+
+def router_request(owner: Resource, spec: DeploymentSpec, role: str) -> PlacementRequest:
+    """One router for ``owner``: a node in its cluster that matches its nodeSelector, and no
+    GPU (so neither gpuTypes nor gpuMemoryGiB apply: they describe what a replica runs on)."""
+    return PlacementRequest(
+        owner_kind=owner.kind,
+        owner_name=owner.name,
+        replicas=1,
+        gpus_per_replica=0,
+        node_selector=dict(spec.resources.nodeSelector),
+        cluster=spec.cluster,
+        role=role,
     )
 
 
