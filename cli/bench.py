@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from agents.runtimes.serve.bench_cache_cli import add_parser as add_cache_bench
 from agents.runtimes.serve.bench_cli import add_parser as add_serve_bench
 from cli.bench_agents import add_parser as add_agents_bench
 from cli.bench_dashboard import add_parser as add_dashboard_bench
@@ -59,7 +60,13 @@ def add_bench_parser(sub: Any) -> None:
     )
     add_backend_args(apply)
     apply.set_defaults(handler=run_apply_bench)
-    for add_bench in (add_serve_bench, add_agents_bench, add_dashboard_bench, add_schedulers_bench):
+    for add_bench in (
+        add_serve_bench,
+        add_cache_bench,
+        add_agents_bench,
+        add_dashboard_bench,
+        add_schedulers_bench,
+    ):
         add_bench(benches)
 
 

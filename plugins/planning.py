@@ -8,6 +8,11 @@ Profiles: a stored ``measured`` Profile (``FleetView.profiles``) for the GPU typ
 model shape and tensor-parallel degree wins; otherwise the simulator's roofline
 ``estimated`` profile; a type with neither cannot be planned for and is named in
 the plan's notes.
+
+Prefix caching: a Deployment whose cache policy reuses prefixes and that declares
+``spec.workload.sharedPrefixTokens`` is simulated with a prefix cache on every replica
+and that many leading prompt tokens shared by all its requests, so the prediction counts
+them as hits once a replica holds them.
 """
 
 from __future__ import annotations
@@ -21,17 +26,20 @@ from typing import Any
 from common.problems import Problem
 from common.specs import DeploymentSpec, ServingWorkload
 from plugins.binpack import gpu_matches, node_eligible
+from plugins.caches import builtin_caches
 from plugins.sim import (
     HARDWARE,
     Buckets,
     GpuProfile,
     ModelShape,
+    PrefixCache,
     Request,
     RequestResult,
     SimResult,
     Slo,
     estimate,
     max_rate,
+    shared_prefix_hashes,
     simulate,
     steady,
 )
@@ -50,6 +58,8 @@ MAX_SIMULATED_INSTANCES = 4
 REQUESTS_PER_INSTANCE = 1000
 MIN_REQUESTS_PER_INSTANCE = 200
 SIMULATED_SECONDS = 60.0
+# The KV block size every profile uses (GpuProfile.block_size's default, the engine's).
+BLOCK_SIZE = 16
 
 
 class PlanProblem(Problem):
@@ -77,6 +87,8 @@ class Demand:
     # and where the rate came from: "declared" or "observed".
     source: str = "declared"
     rate_source: str = "declared"
+    # Leading prompt tokens every request shares, counted as prefix-cache hits (0: no reuse).
+    shared_prefix_tokens: int = 0
 
     def __post_init__(self) -> None:
         if not self.points:
@@ -89,7 +101,17 @@ class Demand:
             "observed": "lengths measured from live traffic (status.observedWorkload)",
             "default": "default lengths (512 in, 128 out)",
         }.get(self.source, self.source)
-        return f"workload: {self.rate:g} req/s {self.rate_source}; {lengths}"
+        shared = (
+            f"; {self.shared_prefix_tokens} shared prefix tokens as cache hits"
+            if self.shared_prefix_tokens
+            else ""
+        )
+        return f"workload: {self.rate:g} req/s {self.rate_source}; {lengths}{shared}"
+
+    @property
+    def prefix_cache(self) -> PrefixCache | None:
+        """The cache every simulated replica keeps: plain LRU (these requests are not sessions)."""
+        return PrefixCache() if self.shared_prefix_tokens else None
 
     def requests(
         self, rate: float, count: int, seed: int = 0, weights: list[float] | None = None
@@ -102,7 +124,11 @@ class Demand:
         for i in range(count):
             at += rng.expovariate(rate)
             bucket = rng.choices(range(len(weights)), weights=weights)[0]
-            out.append(Request(i, at, *self.points[bucket]))
+            input_tokens, output_tokens = self.points[bucket]
+            names = ()
+            if self.shared_prefix_tokens:
+                names = shared_prefix_hashes(self.shared_prefix_tokens, input_tokens, BLOCK_SIZE, i)
+            out.append(Request(i, at, input_tokens, output_tokens, names))
         return out
 
 
@@ -118,9 +144,15 @@ def deployment_of(request: PlacementRequest) -> DeploymentSpec:
 
 
 def demand_of(
-    deployment: DeploymentSpec, gpus_per_replica: int = 1, observed: dict[str, Any] | None = None
+    deployment: DeploymentSpec,
+    gpus_per_replica: int = 1,
+    observed: dict[str, Any] | None = None,
+    reuses_prefixes: bool | None = None,
 ) -> Demand:
     """The Demand a validated Deployment spec declares; PlanProblem names what is missing.
+
+    ``reuses_prefixes``: whether the Deployment's cache policy reuses prefixes, from a
+    caller that resolved it; None judges by :func:`cache_reuses_prefixes`.
 
     ``observed`` is the Deployment's ``status.observedWorkload`` (measured from its live
     traffic by ``controlplane.observed_traffic``). What the spec declares always wins;
@@ -142,6 +174,8 @@ def demand_of(
         shape = ModelShape.from_config(deployment.model.config)
     except ValueError as exc:
         raise PlanProblem(str(exc), "spec.model.config", "use the runtime's config keys") from None
+    if reuses_prefixes is None:
+        reuses_prefixes = cache_reuses_prefixes(deployment)
     return Demand(
         rate=rate,
         buckets=buckets,
@@ -152,7 +186,22 @@ def demand_of(
         points=points,
         source=source,
         rate_source=rate_source,
+        shared_prefix_tokens=(workload.sharedPrefixTokens or 0) if reuses_prefixes else 0,
     )
+
+
+def cache_reuses_prefixes(deployment: DeploymentSpec) -> bool:
+    """Whether ``spec.policies.cache`` keeps prefixes: no cache policy reuses nothing; a
+    built-in cache plugin answers with its default parameters; any other name (a Policy,
+    whose parameters only the control plane can read, or an installed plugin) is taken to
+    reuse them -- pass ``reuses_prefixes`` to :func:`demand_of` to say otherwise."""
+    name = deployment.policies.cache  # type: ignore[attr-defined]
+    if not name:
+        return False
+    for cache in builtin_caches():
+        if cache.name == name:
+            return cache.reuses_prefixes(params=cache.Params())
+    return True
 
 
 def _rate(declared: float | None, measured: Any) -> tuple[float, str]:
@@ -337,7 +386,7 @@ def predict(
         # Lengths drawn from this type's slice of the histogram.
         weights = [f * s for f, s in zip(demand.fractions, routing[gpu_type], strict=False)]
         stream = demand.requests(rate, n, seed=seed + index, weights=weights)
-        outcome = steady(simulate(stream, profiles[gpu_type], instances=instances))
+        outcome = steady(simulate(stream, profiles[gpu_type], instances=instances, cache=demand.prefix_cache))
         results += outcome.requests
         simulated += n
         per_type[gpu_type] = {

@@ -6,8 +6,9 @@ so it imports only the standard library: no Django, no torch, no NumPy.
 """
 
 from plugins.sim.hardware import HARDWARE, Hardware, get_hardware
+from plugins.sim.prefix import PrefixCache, Turn, shared_prefix_hashes
 from plugins.sim.profiles import SHAPES, GpuProfile, ModelShape, estimate, fit
-from plugins.sim.simulator import RequestResult, SimResult, simulate, simulate_disaggregated
+from plugins.sim.simulator import InstanceView, RequestResult, SimResult, simulate, simulate_disaggregated
 from plugins.sim.slo import Slo, goodput, goodput_per_gpu, judged_length, max_rate, meets, steady
 from plugins.sim.trace import Trace, TraceError, load_trace, replay, with_poisson_arrivals
 from plugins.sim.workload import (
@@ -30,14 +31,17 @@ __all__ = [
     "Buckets",
     "GpuProfile",
     "Hardware",
+    "InstanceView",
     "LengthDist",
     "ModelShape",
+    "PrefixCache",
     "Request",
     "RequestResult",
     "SimResult",
     "Slo",
     "Trace",
     "TraceError",
+    "Turn",
     "estimate",
     "fit",
     "gamma",
@@ -52,6 +56,7 @@ __all__ = [
     "mixed_80_20",
     "poisson",
     "replay",
+    "shared_prefix_hashes",
     "short_chat",
     "simulate",
     "simulate_disaggregated",

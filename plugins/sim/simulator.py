@@ -32,6 +32,16 @@ the step *times* come from the model. The engine behaviours it reproduces:
   charges the sum of the contexts instead, as a paged-attention kernel (vLLM) would. A
   prefill of ``rows`` prompts padded to ``width`` costs :meth:`GpuProfile.prefill_batch_ms`.
 
+- **Prefix caching** (with ``cache=``, see :mod:`plugins.sim.prefix`): a request that
+  names its blocks (``Request.block_hashes``) references the leading run of them an
+  instance holds when it is admitted (never its last prompt token's block), needs blocks
+  only for the rest, and prefills only the uncached tokens (``rows x uncached`` tokens,
+  attending over the whole prompt). Its full prompt blocks are cached once its prefill
+  ends, for the requests admitted after it; the blocks its output filled, when it names
+  them, once it finishes. Cached blocks nobody holds count as free and are evicted only
+  when an allocation needs their space. The dispatcher may be a function of the request
+  and the instances' state (their load and the names they hold): a prefix-aware router.
+
 Not modelled: EOS (every request generates exactly ``output_tokens``), ``maxSeqLen``
 truncation, cancellation, and the HTTP server in front of the engine.
 
@@ -47,14 +57,29 @@ from __future__ import annotations
 import heapq
 import math
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from plugins.sim.prefix import BlockCache, PrefixCache, merge_stats
 from plugins.sim.profiles import GpuProfile
 from plugins.sim.workload import Request
 
-Dispatch = Literal["round_robin", "least_loaded"]
+
+@dataclass(frozen=True)
+class InstanceView:
+    """What a dispatch function sees of one instance when a request arrives."""
+
+    index: int
+    load: int  # requests dispatched here and not finished
+    running: int
+    waiting: int
+    free_blocks: int
+    cached: Collection[int]  # the block names it holds (empty without a prefix cache)
+
+
+Dispatcher = Callable[[Request, list[InstanceView]], int]
+Dispatch = Literal["round_robin", "least_loaded"] | Dispatcher
 Attention = Literal["padded", "paged"]
 DEFAULT_MAX_PREFILL_TOKENS = 4096  # Engine(max_prefill_tokens=4096)
 METRICS = ("ttft", "tpot", "e2e")
@@ -73,6 +98,7 @@ class RequestResult:
     e2e_s: float
     preemptions: int
     rejected: bool
+    cached_tokens: int = 0  # prompt tokens its first prefill found in the prefix cache
 
 
 class _Number(float):
@@ -90,6 +116,8 @@ class SimResult:
     requests: list[RequestResult]
     duration_s: float
     gpus: int
+    # The instances' prefix-cache figures summed (plugins.sim.prefix.merge_stats); None without one.
+    prefix_cache: dict[str, float] | None = None
 
     def percentile(self, metric: str, q: float) -> float:
         """The ``q``-th percentile (0..100, linear interpolation) of ``metric`` in seconds.
@@ -155,6 +183,7 @@ class _Seq:
     __slots__ = (
         "id", "arrival", "inp", "out", "gen", "seq", "blocks", "preemptions",
         "first", "finish", "kv_ready", "state", "rejected",
+        "request", "hashes", "session", "shared", "hit", "cached_tokens",
     )  # fmt: skip
 
     def __init__(self, request: Request):
@@ -173,6 +202,12 @@ class _Seq:
         self.kv_ready = False  # arrived with its KV cache (disaggregated decode)
         self.state = _WAITING
         self.rejected = False
+        self.request = request
+        self.hashes = request.block_hashes
+        self.session = request.session
+        self.shared: list[int] = []  # cached block names it holds (its blocks beyond are its own)
+        self.hit = 0  # tokens of the current admission's prefill found in the cache
+        self.cached_tokens = 0
 
     def result(self) -> RequestResult:
         if self.rejected or self.first is None:
@@ -180,7 +215,7 @@ class _Seq:
         tpot = (self.finish - self.first) / (self.out - 1) if self.out > 1 else 0.0
         return RequestResult(
             self.id, self.arrival, self.first - self.arrival, tpot, self.finish - self.arrival,
-            self.preemptions, False,
+            self.preemptions, False, self.cached_tokens,
         )  # fmt: skip
 
 
@@ -189,11 +224,12 @@ class _Instance:
 
     def __init__(
         self, profile: GpuProfile, attention: Attention, max_prefill_tokens: int, role: str = "serve",
-        transfer_s_per_token: float = 0.0,
+        transfer_s_per_token: float = 0.0, cache: PrefixCache | None = None,
     ):  # fmt: skip
         self.bs = profile.block_size
         self.total_blocks = profile.kv_blocks
-        self.free = self.total_blocks
+        self.free = self.total_blocks  # blocks no running request holds (idle cached ones included)
+        self.cache = BlockCache(cache, self.total_blocks) if cache is not None else None
         self.max_batch = profile.max_batch
         self.max_prefill = max_prefill_tokens
         self.padded = attention == "padded"
@@ -218,7 +254,13 @@ class _Instance:
         """Requests dispatched here and not yet finished (or handed off) at ``now``."""
         return self.outstanding + (self.last_done if self.last_end > now else 0)
 
+    def view(self, index: int, now: float) -> InstanceView:
+        cached = self.cache if self.cache is not None else ()
+        return InstanceView(index, self.load(now), len(self.running), len(self.waiting), self.free, cached)
+
     def enqueue(self, s: _Seq, now: float) -> None:
+        if self.cache is not None and s.session is not None:
+            self.cache.arrive(s.session, now)
         self.waiting.append(s)
         self.outstanding += 1
         if not self.busy:
@@ -237,24 +279,22 @@ class _Instance:
     # -- one step, exactly as Engine.step ----------------------------------------------------
 
     def _step(self) -> None:
-        bs, running, waiting = self.bs, self.running, self.waiting
-        free = self.free
+        bs, running, waiting, cache = self.bs, self.running, self.waiting, self.cache
         ready: list[_Seq] = []
         for s in list(running):  # _reserve_decode
             if s.state != _RUNNING:  # preempted by an older request this step
                 continue
-            need = -(-s.seq // bs) - s.blocks
-            while need > free:
+            need = -(-s.seq // bs) - s.blocks - len(s.shared)
+            while need > self.free:
                 victim = running.pop()
-                free += victim.blocks
-                victim.blocks = 0
+                self._release(victim, self.t, turn_end=False)
                 victim.preemptions += 1
                 victim.state = _WAITING
                 waiting.appendleft(victim)
                 if victim is s:
                     break
             else:
-                free -= need
+                self._take(need)
                 s.blocks += need
                 ready.append(s)
         admitted: list[_Seq] = []  # _admit
@@ -266,10 +306,16 @@ class _Instance:
                 longest = max(longest, s.seq)
                 if admitted and longest * (len(admitted) + 1) > self.max_prefill:
                     break
-            if -(-(s.seq + 1) // bs) - s.blocks > free:
+            matched = cache.match(s.hashes, (s.seq - 1) // bs) if cache is not None and s.hashes else []
+            held = cache.held(matched) if matched else 0  # shared with a running request: no cost
+            if -(-(s.seq + 1) // bs) - s.blocks - held > self.free:
                 break
-            need = -(-s.seq // bs) - s.blocks
-            free -= need
+            if matched:
+                self.free -= cache.acquire(matched)
+                s.shared = matched
+            s.hit = len(matched) * bs
+            need = -(-s.seq // bs) - s.blocks - len(s.shared)
+            self._take(need)
             s.blocks += need
             waiting.popleft()
             running.append(s)
@@ -279,7 +325,6 @@ class _Instance:
                 joined = True
             else:
                 admitted.append(s)
-        self.free = free
         t = self.t
         done = 0
         if ready:
@@ -296,9 +341,15 @@ class _Instance:
                     self._finish(s, t)
                     done += 1
         if admitted:
-            rows, width = len(admitted), max(s.seq for s in admitted)
-            t += self.p_base + self.p_tok * rows * width + self.p_sq * rows * width * width
+            rows, width = len(admitted), max(s.seq - s.hit for s in admitted)
+            length = max(s.seq for s in admitted)  # every row attends over its whole prompt
+            t += self.p_base + self.p_tok * rows * width + self.p_sq * rows * width * length
             for s in admitted:
+                if cache is not None and s.hashes:
+                    if s.first is None:
+                        s.cached_tokens = s.hit
+                        cache.count_lookup(s.hit, s.inp)
+                    self._cache_blocks(s, cache, s.seq // bs)
                 s.gen += 1
                 s.seq += 1
                 if s.first is None:
@@ -322,9 +373,46 @@ class _Instance:
     def _finish(self, s: _Seq, t: float) -> None:
         s.finish = t
         s.state = _DONE
+        if self.cache is not None and len(s.hashes) > len(s.shared):
+            self._cache_blocks(s, self.cache, (s.seq - 1) // self.bs)  # its last token was never written
+        self._release(s, t, turn_end=True)
+        self.outstanding -= 1
+
+    # -- blocks, with or without a prefix cache ------------------------------------------
+
+    def _take(self, count: int) -> None:
+        """``count`` blocks for a running request, evicting idle cached ones when no other is free."""
+        self.free -= count
+        if self.cache is not None and self.cache.idle > self.free:
+            self.cache.evict(self.cache.idle - self.free, self.t)
+
+    def _release(self, s: _Seq, t: float, turn_end: bool) -> None:
+        """Give back ``s``'s blocks: its own ones are free again, its cached ones idle (a finished
+        turn of a session may pin them)."""
         self.free += s.blocks
         s.blocks = 0
-        self.outstanding -= 1
+        cache = self.cache
+        if cache is None:
+            return
+        if s.shared:
+            session = s.session if turn_end else None
+            self.free += cache.release(s.shared, t, session, self.total_blocks - self.free)
+            s.shared = []
+        if turn_end:
+            if s.session is not None:
+                cache.turn_ended(s.session, t)
+            cache.trim(t)
+
+    def _cache_blocks(self, s: _Seq, cache: BlockCache, full: int) -> None:
+        """``s`` has written its first ``full`` blocks (after its prefill: the prompt's; when it
+        finishes: its output's too): name them in the cache, where they stop being its own.
+
+        The engine does this as each block fills; only the request's own next turn could use
+        an output block, and that comes after it finishes, so naming them then is the same."""
+        for name in s.hashes[len(s.shared) : full]:
+            if cache.register(name):
+                s.blocks -= 1
+                s.shared.append(name)
 
     def _hand_off(self, s: _Seq, t: float) -> None:
         """Prefill role: the request leaves with its KV cache, to arrive at a decode instance later."""
@@ -347,14 +435,20 @@ class _Instance:
         running = self.running
         if not running:
             return False
-        bs, total = self.bs, self.total_blocks
-        need = sum(-(-s.seq // bs) for s in running)
+        bs, total, cache = self.bs, self.total_blocks, self.cache
+        shared = len(cache.refs) if cache is not None else 0  # cached blocks running requests hold
+        need = sum(-(-s.seq // bs) - len(s.shared) for s in running) + shared
         if need > total:
             return False
         batch = len(running)
         waiting = self.waiting
-        if waiting and batch < self.max_batch and -(-(waiting[0].seq + 1) // bs) <= total - need:
-            return False
+        if waiting and batch < self.max_batch:
+            head = waiting[0]
+            held = 0
+            if cache is not None and head.hashes:
+                held = cache.held(cache.match(head.hashes, (head.seq - 1) // bs))
+            if -(-(head.seq + 1) // bs) - held <= total - need:
+                return False
         steps = min(s.out - s.gen for s in running)  # the last of them finishes someone
         context = batch * max(s.seq for s in running) if self.padded else sum(s.seq for s in running)
         first = self.d_base + self.d_seq * batch + self.d_ctx * context
@@ -365,11 +459,11 @@ class _Instance:
 
         if horizon < math.inf and steps > 1 and start(steps - 1) >= horizon:
             steps = min(steps, self._steps_before(horizon, first, grow, start))
-        if sum(-(-(s.seq + steps - 1) // bs) for s in running) > total:
+        if sum(-(-(s.seq + steps - 1) // bs) - len(s.shared) for s in running) + shared > total:
             lo, hi = 1, steps - 1  # the largest run whose last reservation still fits
             while lo < hi:
                 mid = (lo + hi + 1) // 2
-                if sum(-(-(s.seq + mid - 1) // bs) for s in running) <= total:
+                if sum(-(-(s.seq + mid - 1) // bs) - len(s.shared) for s in running) + shared <= total:
                     lo = mid
                 else:
                     hi = mid - 1
@@ -380,11 +474,13 @@ class _Instance:
         for s in running:
             s.gen += steps
             s.seq += steps
-            s.blocks = -(-(s.seq - 1) // bs)
+            s.blocks = -(-(s.seq - 1) // bs) - len(s.shared)
             used += s.blocks
             if s.gen >= s.out:
                 done += 1
-        self.free = total - used
+        self.free = total - used - shared
+        if cache is not None and cache.idle > self.free:
+            cache.evict(cache.idle - self.free, end)
         if done:
             for s in running:
                 if s.gen >= s.out:
@@ -431,8 +527,14 @@ def _run_pool(arrivals: list[tuple[float, int, _Seq]], pool: list[_Instance], di
         if dispatch == "round_robin":
             index = turn % len(pool)
             turn += 1
-        else:
+        elif dispatch == "least_loaded":
             index = min(range(len(pool)), key=lambda i: pool[i].load(now))
+        else:
+            index = dispatch(s.request, [instance.view(i, now) for i, instance in enumerate(pool)])
+            if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(pool):
+                raise ValueError(
+                    f"dispatch returned {index!r}; it must be an instance index 0..{len(pool) - 1}"
+                )
         instance = pool[index]
         was_busy = instance.busy
         instance.enqueue(s, now)
@@ -447,13 +549,15 @@ def _check_pool(name: str, count: int) -> None:
         raise ValueError(f"{name} must be a positive integer, got {count!r}")
 
 
-def _result(seqs: list[_Seq], gpus: int) -> SimResult:
+def _result(seqs: list[_Seq], gpus: int, pool: list[_Instance] | None = None) -> SimResult:
     results = [s.result() for s in seqs]
+    caches = [instance.cache.stats() for instance in pool or [] if instance.cache is not None]
+    prefix = merge_stats(caches) if caches else None
     if not seqs:
-        return SimResult(results, 0.0, gpus)
+        return SimResult(results, 0.0, gpus, prefix)
     start = min(s.arrival for s in seqs)
     end = max(max(s.arrival for s in seqs), max((s.finish for s in seqs if not s.rejected), default=start))
-    return SimResult(results, end - start, gpus)
+    return SimResult(results, end - start, gpus, prefix)
 
 
 def simulate(
@@ -464,18 +568,21 @@ def simulate(
     *,
     attention: Attention = "padded",
     max_prefill_tokens: int = DEFAULT_MAX_PREFILL_TOKENS,
+    cache: PrefixCache | None = None,
 ) -> SimResult:
     """Serve ``requests`` on ``instances`` identical engines of ``profile``.
 
     ``dispatch``: ``round_robin`` deals requests out in turn; ``least_loaded`` sends each to
-    the instance with the fewest unfinished requests at its arrival (lowest index on ties).
-    Results come back in the order of ``requests``.
+    the instance with the fewest unfinished requests at its arrival (lowest index on ties);
+    a function of the request and every instance's :class:`InstanceView` returns the index
+    itself. ``cache``: each instance keeps a prefix cache of the requests' named prompt
+    blocks (None: nothing is reused). Results come back in the order of ``requests``.
     """
     _check_pool("instances", instances)
-    if dispatch not in ("round_robin", "least_loaded"):
-        raise ValueError(f"dispatch must be 'round_robin' or 'least_loaded', got {dispatch!r}")
+    if dispatch not in ("round_robin", "least_loaded") and not callable(dispatch):
+        raise ValueError(f"dispatch must be 'round_robin', 'least_loaded' or a function, got {dispatch!r}")
     seqs = [_Seq(r) for r in requests]
-    pool = [_Instance(profile, attention, max_prefill_tokens) for _ in range(instances)]
+    pool = [_Instance(profile, attention, max_prefill_tokens, cache=cache) for _ in range(instances)]
     arrivals = []
     for s in seqs:
         if _fits(profile.kv_blocks, profile.block_size, s.inp + s.out):
@@ -484,7 +591,7 @@ def simulate(
             s.rejected = True
     arrivals.sort(key=lambda a: a[0])
     _run_pool(arrivals, pool, dispatch)
-    return _result(seqs, instances * profile.gpus)
+    return _result(seqs, instances * profile.gpus, pool)
 
 
 def simulate_disaggregated(

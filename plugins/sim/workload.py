@@ -21,12 +21,19 @@ from typing import Literal, TextIO
 
 @dataclass
 class Request:
-    """One request of a trace: when it arrives and how many tokens go in and come out."""
+    """One request of a trace: when it arrives and how many tokens go in and come out.
+
+    ``block_hashes`` name its prompt's full KV blocks (``plugins.prefix_hash``: equal names,
+    equal tokens up to the block's end), for a simulation with a prefix cache; ``session``
+    is the multi-turn conversation it is a turn of, for session pins. Both are optional.
+    """
 
     id: int
     arrival_s: float
     input_tokens: int
     output_tokens: int
+    block_hashes: tuple[int, ...] = ()
+    session: str | None = None
 
 
 @dataclass(frozen=True)
