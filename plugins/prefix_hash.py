@@ -16,8 +16,11 @@ from __future__ import annotations
 import hashlib
 from array import array
 
-# The name of the empty prefix for a model; every chain starts from it.
 MASK = (1 << 63) - 1
+# Token positions per KV block: the serving engine's paged cache, the router's hashes and
+# the control plane's router config all use this one (torch-free, so the router and the
+# control plane can import it).
+BLOCK_SIZE = 16
 
 
 def model_seed(model: str) -> int:

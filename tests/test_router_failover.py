@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,46 +18,25 @@ import httpx
 import pytest
 import yaml
 
-from common.ports import free_port
 from tests.conftest import deployment
 from tests.e2e import condition, running_stack, wait_for
+from tests.runtime_process import RuntimeProcess
 from tests.test_serve_server import Served
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
-ROOT = Path(__file__).resolve().parents[1]
 MODEL = {"source": "builtin:tiny-llama", "config": {"layers": 2, "hidden": 64, "intermediate": 128}}
 # Greedy on this prompt runs to max_tokens without an EOS: the stream is long.
 LONG = {"prompt": "Once upon a time", "max_tokens": 480, "temperature": 0, "stream": True}
 
 
-class RouterProcess:
+class RouterProcess(RuntimeProcess):
     """``python -m agents.runtimes.route``, waited on until it prints its ready line."""
 
     def __init__(self, tmp: Path, backends: list[str], env: dict[str, str] | None = None):
-        config = tmp / "route.json"
-        config.write_text(json.dumps({"model": MODEL, "name": "tiny"}))
-        argv = [
-            sys.executable,
-            "-m",
-            "agents.runtimes.route",
-            "--config",
-            str(config),
-            "--port",
-            str(free_port()),
-        ]
-        for url in backends:
-            argv += ["--backend", url]
         environ = {k: v for k, v in os.environ.items() if not k.startswith("FLOTILLA_")}
-        self.proc = subprocess.Popen(
-            argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env={**environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
-        )  # fmt: skip
-        self.stderr: list[str] = []
-        threading.Thread(target=lambda: self.stderr.extend(self.proc.stderr), daemon=True).start()
-        line = self.proc.stdout.readline()
-        assert line, f"the router exited before it was ready: {''.join(self.stderr)}"
-        self.url = json.loads(line)["url"]
-        self.client = httpx.Client(base_url=self.url, timeout=60)
+        args = [arg for url in backends for arg in ("--backend", url)]
+        config = {"model": MODEL, "name": "tiny"}
+        super().__init__("route", tmp, config, args=args, env={**environ, **(env or {})}, client_timeout=60)
 
     def stats(self) -> dict[str, Any]:
         return self.client.get("/stats").json()
@@ -69,16 +46,6 @@ class RouterProcess:
 
     def complete(self, prompt: str = "Hello") -> httpx.Response:
         return self.client.post("/v1/completions", json={"prompt": prompt, "max_tokens": 4})
-
-    def stop(self) -> int:
-        self.client.close()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=15)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
 
 
 @pytest.fixture

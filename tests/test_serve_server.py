@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from common.ports import free_port
+from tests.runtime_process import RuntimeProcess
 
-ROOT = Path(__file__).resolve().parents[1]
 CONFIG = {
     "model": {"source": "builtin:tiny-llama", "config": {"layers": 2, "hidden": 64, "intermediate": 128}},
     "kvCacheBlocks": 64,
@@ -24,39 +19,11 @@ CONFIG = {
 }
 
 
-class Served:
+class Served(RuntimeProcess):
     """A serve subprocess, started and waited on until it prints its ready line."""
 
     def __init__(self, tmp: Path):
-        config = tmp / "serve.json"
-        config.write_text(json.dumps(CONFIG))
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agents.runtimes.serve", "--config", str(config),
-             "--port", str(free_port()), "--device", "cpu"],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )  # fmt: skip
-        self.stderr: list[str] = []
-        threading.Thread(target=lambda: self.stderr.extend(self.proc.stderr), daemon=True).start()
-        timer = threading.Timer(60, self.proc.kill)
-        timer.start()
-        line = self.proc.stdout.readline()
-        timer.cancel()
-        assert line, f"serve exited before it was ready: {''.join(self.stderr)}"
-        ready = json.loads(line)
-        assert ready["event"] == "ready"
-        self.url = ready["url"]
-        self.client = httpx.Client(base_url=self.url, timeout=30)
-
-    def stop(self) -> int:
-        self.client.close()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=15)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
+        super().__init__("serve", tmp, CONFIG, args=["--device", "cpu"])
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -25,8 +26,18 @@ MAX_BODY_BYTES = 1 << 20
 class JsonHandler(BaseHTTPRequestHandler):
     """A request handler with JSON answers in the OpenAI error shape and size-checked bodies."""
 
+    server: TrackingHTTPServer
     protocol_version = "HTTP/1.1"
     log = logging.getLogger("flotilla.http")
+
+    def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+        """Every POST counts as in flight until answered, so shutdown waits for it."""
+        with self.server.tracking():
+            self._post()
+
+    def _post(self) -> None:
+        self._skip_body()
+        self._error(404, f"no route for POST {self.path.split('?', 1)[0]}")
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's signature
         self.log.debug("%s %s", self.address_string(), format % args)
@@ -107,6 +118,39 @@ class TrackingHTTPServer(ThreadingHTTPServer):
         """Wait until no POST is in flight; False if some still are after ``timeout``."""
         with self._idle:
             return self._idle.wait_for(lambda: self._inflight == 0, timeout)
+
+    def serve_until_signalled(
+        self,
+        log: logging.Logger,
+        stopping: threading.Event,
+        *,
+        on_signal: Callable[[], None] = lambda: None,
+        before_drain: Callable[[], None] = lambda: None,
+        drain_s: float = 2.0,
+    ) -> None:
+        """The runtime's main loop, as the agent's supervisor expects it: print the one
+        ``{"event": "ready", "url": ...}`` line on stdout, serve until SIGTERM or SIGINT
+        (which set ``stopping`` and call ``on_signal``), then ``before_drain``, wait up to
+        ``drain_s`` for POSTs in flight, and close the socket."""
+
+        def handle(signum: int, _frame: object) -> None:
+            if not stopping.is_set():
+                stopping.set()
+                on_signal()
+                log.info("signal %d: shutting down", signum)
+                threading.Thread(target=self.shutdown, daemon=True).start()
+
+        signal.signal(signal.SIGTERM, handle)
+        signal.signal(signal.SIGINT, handle)
+        print(json.dumps({"event": "ready", "url": self.url}), flush=True)
+        try:
+            self.serve_forever(poll_interval=0.2)
+        finally:
+            stopping.set()
+            before_drain()
+            if not self.wait_idle(timeout=drain_s):
+                log.warning("exiting with responses still being written")
+            self.server_close()
 
     @property
     def url(self) -> str:

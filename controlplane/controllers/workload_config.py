@@ -28,16 +28,16 @@ from controlplane import events, store
 from controlplane.conditions import is_true
 from controlplane.models import Resource
 from controlplane.policies import PolicyProblem, resolve
+from plugins.prefix_hash import BLOCK_SIZE
 from plugins.types import Placement
 
 OWNER_LABEL = "flotilla.dev/owner"
 REPLICA_LABEL = "flotilla.dev/replica"
 ROLE_LABEL = "flotilla.dev/role"
 SOURCE = "owner-controller"
-# Tokens per KV-cache block: the serving engine's (agents/runtimes/serve/kvcache.py
-# DEFAULT_BLOCK_SIZE, not imported: it pulls in torch). The router names blocks with the
-# same chained hashes (plugins/prefix_hash.py), so both must cut prompts the same way.
-ROUTER_BLOCK_SIZE = 16
+# Tokens per KV-cache block, the engine's and the router's (plugins/prefix_hash.py): both
+# must cut prompts the same way to name blocks with the same chained hashes.
+ROUTER_BLOCK_SIZE = BLOCK_SIZE
 
 
 def workload_name(owner: Resource, role: str, index: int) -> str:

@@ -12,12 +12,9 @@ seconds, and exits 0.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import signal
 import sys
 import threading
-from typing import Any
 
 from agents.runtimes.route.config import load_config
 from agents.runtimes.route.proxy import Router, RouterHTTPServer
@@ -83,23 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         config.name, server.url, where, config.cache.name, config.block_size,
     )  # fmt: skip
 
-    def on_signal(signum: int, _frame: Any) -> None:
-        if not stopping.is_set():
-            stopping.set()
-            replicas.wake()
-            log.info("signal %d: shutting down", signum)
-            threading.Thread(target=server.shutdown, daemon=True).start()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    print(json.dumps({"event": "ready", "url": server.url}), flush=True)
     try:
-        server.serve_forever(poll_interval=0.2)
+        server.serve_until_signalled(log, stopping, on_signal=replicas.wake, drain_s=DRAIN_SECONDS)
     finally:
-        stopping.set()
-        if not server.wait_idle(timeout=DRAIN_SECONDS):
-            log.warning("exiting with requests still in flight")
-        server.server_close()
         replicas.close()
     log.info("stopped")
     return 0

@@ -14,13 +14,14 @@ from typing import Any
 
 from agents.runtimes import plugin_choice
 from common import apikeys
+from plugins.prefix_hash import BLOCK_SIZE
 
 CONFIG_KEYS = {"model", "name", "cache", "apiKeys", "blockSize"}
 # Without a cache section a router balances like a plain load balancer (the baseline).
 DEFAULT_CACHE = {"plugin": "round-robin", "params": {}}
 # Must equal the replicas' KV block size (agents/runtimes/serve/kvcache.DEFAULT_BLOCK_SIZE,
 # not imported: that module imports torch), or the router's block hashes name other blocks.
-DEFAULT_BLOCK_SIZE = 16
+DEFAULT_BLOCK_SIZE = BLOCK_SIZE
 MAX_BLOCK_SIZE = 4096
 DEFAULT_SOURCE = "builtin:tiny-llama"
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import signal
 import sys
 import threading
 from pathlib import Path
@@ -134,24 +133,11 @@ def main(argv: list[str] | None = None) -> int:
         "on" if engine.prefix.enabled else "off", f"{len(keys)} API keys" if keys else "no API keys",
     )  # fmt: skip
 
-    stopping = threading.Event()
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        if not stopping.is_set():
-            stopping.set()
-            log.info("signal %d: shutting down", signum)
-            threading.Thread(target=server.shutdown, daemon=True).start()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    print(json.dumps({"event": "ready", "url": server.url}), flush=True)
-    try:
-        server.serve_forever(poll_interval=0.2)
-    finally:
-        engine.stop(drain_s=float(config.get("drainSeconds", 3.0)))
-        if not server.wait_idle(timeout=2.0):
-            log.warning("exiting with responses still being written")
-        server.server_close()
+    server.serve_until_signalled(
+        log,
+        threading.Event(),
+        before_drain=lambda: engine.stop(drain_s=float(config.get("drainSeconds", 3.0))),
+    )
     log.info("stopped")
     return 0
 

@@ -20,11 +20,10 @@ from typing import Any
 
 from agents.runtimes.plugin_choice import PluginChoice
 from agents.runtimes.tokenizer import ByteTokenizer
-from plugins.prefix_hash import block_hashes, model_seed
+from plugins.prefix_hash import BLOCK_SIZE, block_hashes, model_seed
 from plugins.sim import GpuProfile, InstanceView, PrefixCache, Request, SimResult, Turn, simulate
 from plugins.types import ReplicaLoad, RouteRequest, SessionTurn
 
-BLOCK_SIZE = 16  # the engine's (kvcache.DEFAULT_BLOCK_SIZE)
 REPLACEMENT = "\ufffd"
 
 

@@ -14,8 +14,9 @@ from collections import deque
 import torch
 
 from agents.runtimes.model import ModelConfig
+from plugins.prefix_hash import BLOCK_SIZE
 
-DEFAULT_BLOCK_SIZE = 16
+DEFAULT_BLOCK_SIZE = BLOCK_SIZE
 
 
 class BlockAllocator:

@@ -115,10 +115,6 @@ class ServeHandler(JsonHandler):
         else:
             self._error(404, f"no route for GET {path}")
 
-    def do_POST(self) -> None:  # noqa: N802
-        with self.server.tracking():
-            self._post()
-
     def _post(self) -> None:
         path = self.path.split("?", 1)[0]
         if path not in ("/v1/completions", "/v1/chat/completions"):
