@@ -164,6 +164,8 @@ class Supervisor:
     def env_for(self, managed: Managed) -> dict[str, str] | None:
         """What a runtime needs in its environment beyond the agent's own; None while a
         router cannot start yet (the agent has no node token before it registers)."""
+        if managed.runtime == "train":
+            return self.checkpoint_env(managed)
         if managed.runtime != "route":
             return {}
         found = self.control_plane() if self.control_plane is not None else None
@@ -175,6 +177,19 @@ class Supervisor:
             "FLOTILLA_TOKEN": token,
             "FLOTILLA_NODE": self.node_name,
             "FLOTILLA_WORKLOAD": managed.name,
+        }
+
+    def checkpoint_env(self, managed: Managed) -> dict[str, str]:
+        """Where a training Workload keeps its checkpoints on this node: a directory named after
+        its owner and the owner's uid, so a restarted Workload of the same job finds them and a
+        new job of the same name does not."""
+        owner = managed.document["spec"].get("owner") or {}
+        name = str(owner.get("name") or managed.name)
+        uid = str(owner.get("uid") or "")[:8]
+        job = f"{name}-{uid}" if uid else name
+        return {
+            "FLOTILLA_CHECKPOINT_DIR": str(self.state_dir / "checkpoints" / job),
+            "FLOTILLA_CHECKPOINT_OWNER": f"{owner.get('kind', 'TrainingJob')}/{name}",
         }
 
     def _credential(self) -> str | None:

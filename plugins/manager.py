@@ -27,6 +27,7 @@ BUILTIN_MODULES = [
     "plugins.melange",
     "plugins.distserve",
     "plugins.caches",
+    "plugins.checkpointers",
 ]
 
 

@@ -332,11 +332,30 @@ class CheckpointTarget:
 
     A multi-level checkpointer snapshots to ``local_dir`` and copies on to
     ``durable_dir`` (which survives losing the node); a plain one writes to either.
+    ``notes`` is where ``restore`` says what the runtime should report: each checkpoint it
+    passed over because it did not verify (a plain list, so the contract stays plain data).
     """
 
     owner: str  # "TrainingJob/name"
     local_dir: str
     durable_dir: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class CheckpointRecord:
+    """One checkpoint that reached one level (or failed to): what the job's status and events
+    show. ``seconds`` counts from the ``save`` call, so for the last level it is the time
+    until the checkpoint was durable."""
+
+    step: int
+    level: str  # "memory" | "local" | "durable"
+    path: str
+    bytes: int
+    seconds: float
+    completed_at: float  # Unix time
+    error: str | None = None  # set when this level failed; the others may still have it
+    skipped: bool = False  # the save was skipped (the previous one still held the host buffers)
 
 
 @runtime_checkable
@@ -355,6 +374,10 @@ class CheckpointHandle(Protocol):
         """Block only until the tensors the optimizer is about to modify have been copied."""
         ...
 
+    def records(self) -> list[CheckpointRecord]:
+        """The levels reached (or failed) since the last call, oldest first."""
+        ...
+
 
 @dataclass
 class FinishedSave:
@@ -362,12 +385,17 @@ class FinishedSave:
 
     step: int
     done: bool = True
+    record: CheckpointRecord | None = None
 
     def wait(self, timeout: float | None = None) -> bool:
         return True
 
     def before_update(self) -> None:
         return None
+
+    def records(self) -> list[CheckpointRecord]:
+        record, self.record = self.record, None
+        return [record] if record is not None else []
 
 
 @runtime_checkable
