@@ -249,10 +249,9 @@ class Agent:
             previous = self.reported.get(name)
             if previous == status:
                 continue
-            only_progress = previous is not None and {**previous, "progress": None} == {
-                **status,
-                "progress": None,
-            }
+            # stepTimes grows with every progress line too: it rides the same throttle
+            moving = {"progress": None, "stepTimes": None}
+            only_progress = previous is not None and {**previous, **moving} == {**status, **moving}
             if only_progress and now - self.reported_at.get(name, 0.0) < PROGRESS_EVERY:
                 continue  # training progress: at most one report every PROGRESS_EVERY seconds
             try:

@@ -41,6 +41,10 @@ RUNTIMES = {"serve", "train", "route"}
 HTTP_RUNTIMES = {"serve", "route"}
 LOG_TAIL_LINES = 20
 MAX_BACKOFF = 60.0
+# What a training Workload's status keeps of its runtime's checkpoint and step-time events.
+CHECKPOINTS_KEPT = 20
+REJECTED_KEPT = 10
+STEP_TIMES_KEPT = 200
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
@@ -55,6 +59,53 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child before e
 def runs_here(document: dict[str, Any]) -> bool:
     """The agent runs a Workload unless its spec hands it to the Kubernetes executor."""
     return document.get("spec", {}).get("executor", "agent") != "kubernetes"
+
+
+@dataclass
+class TrainingHistory:
+    """A training runtime's checkpoint, restore and step-time events, kept by the Workload's
+    ``Managed`` entry and so across restarts of its process: a run killed and resumed shows
+    what its earlier runs saved, and its step times on either side of the restart."""
+
+    checkpoints: deque = field(default_factory=lambda: deque(maxlen=CHECKPOINTS_KEPT))
+    rejected: deque = field(default_factory=lambda: deque(maxlen=REJECTED_KEPT))
+    step_times: deque = field(default_factory=lambda: deque(maxlen=STEP_TIMES_KEPT))
+    restored_from: dict[str, Any] | None = None
+
+    def observe(self, kind: str, event: dict[str, Any]) -> None:
+        """Keep what ``event`` (a runtime stdout event of type ``kind``) says about checkpoints."""
+        if kind == "checkpoint":
+            keys = ("step", "level", "path", "bytes", "seconds", "completedAt", "plugin")
+            self.checkpoints.append({k: event[k] for k in keys if k in event})
+        elif kind == "checkpointFailed":
+            record = {k: event[k] for k in ("step", "level", "plugin") if k in event}
+            record["error"] = str(event.get("error") or "")[:500]
+            record["skipped"] = bool(event.get("skipped"))
+            record["completedAt"] = event.get("completedAt") or round(time.time(), 3)  # when it was seen
+            self.checkpoints.append(record)
+        elif kind == "checkpointRejected":
+            self.rejected.append({"path": event.get("path"), "reason": str(event.get("reason") or "")[:500]})
+        elif kind == "restored":
+            keys = ("step", "level", "path", "seconds", "plugin")
+            self.restored_from = {k: event[k] for k in keys if k in event}
+            self.restored_from["restoredAt"] = round(time.time(), 3)  # tells one restore from the next
+        elif kind == "started" and "resumedFrom" in event and not event["resumedFrom"]:
+            self.restored_from = None  # this run starts afresh: an earlier run's restore no longer holds
+        elif kind == "progress" and isinstance(event.get("stepMs"), int | float) and "step" in event:
+            self.step_times.append([event["step"], round(float(event["stepMs"]), 3)])
+
+    def to_status(self) -> dict[str, Any]:
+        """The Workload status fields (only those with something to say)."""
+        status: dict[str, Any] = {}
+        if self.checkpoints:
+            status["checkpoints"] = list(self.checkpoints)
+        if self.restored_from is not None:
+            status["restoredFrom"] = dict(self.restored_from)
+        if self.rejected:
+            status["rejectedCheckpoints"] = list(self.rejected)
+        if self.step_times:
+            status["stepTimes"] = [list(pair) for pair in self.step_times]
+        return status
 
 
 @dataclass
@@ -80,6 +131,7 @@ class Managed:
     started_at: float = 0.0
     # A digest of the node token a router was started with (not the token), to see it change.
     credential: str | None = None
+    history: TrainingHistory = field(default_factory=TrainingHistory)
 
     @property
     def generation(self) -> int:
@@ -343,6 +395,7 @@ class Supervisor:
             except ValueError:
                 continue
             kind = event.get("event")
+            managed.history.observe(kind, event)
             if kind in ("started", "progress"):
                 managed.phase = "Running"
                 managed.ready = True
@@ -395,4 +448,5 @@ class Supervisor:
             status["lastLog"] = list(managed.tail)[-LOG_TAIL_LINES:]
         if managed.progress:
             status["progress"] = managed.progress
+        status.update(managed.history.to_status())
         return status

@@ -24,6 +24,7 @@ import yaml
 
 from agents.runtimes.serve.bench_cache_cli import add_parser as add_cache_bench
 from agents.runtimes.serve.bench_cli import add_parser as add_serve_bench
+from agents.runtimes.train.bench_checkpoint_cli import add_parser as add_checkpoint_bench
 from cli.bench_agents import add_parser as add_agents_bench
 from cli.bench_dashboard import add_parser as add_dashboard_bench
 from cli.bench_schedulers import add_parser as add_schedulers_bench
@@ -63,6 +64,7 @@ def add_bench_parser(sub: Any) -> None:
     for add_bench in (
         add_serve_bench,
         add_cache_bench,
+        add_checkpoint_bench,
         add_agents_bench,
         add_dashboard_bench,
         add_schedulers_bench,

@@ -8,6 +8,7 @@ from typing import Any
 
 import yaml
 
+from cli import checkpoints
 from common.timeutil import age, parse_rfc3339
 
 
@@ -90,6 +91,10 @@ COLUMNS: dict[str, list[Column]] = {
     ],
 }
 WIDE: dict[str, list[Column]] = {
+    "TrainingJob": [
+        ("STEP", lambda d: str((d.get("status", {}).get("progress") or {}).get("step", "-"))),
+        ("CHECKPOINT", lambda d: str((d.get("status", {}).get("lastCheckpoint") or {}).get("step", "-"))),
+    ],
     "Deployment": [
         (
             "NODES",
@@ -167,9 +172,12 @@ def describe(document: dict[str, Any], events: list[dict[str, Any]]) -> str:
             f"(finalizers: {', '.join(meta.get('finalizers', []))})"
         )
     lines += ["Spec:", _indent(yaml.safe_dump(document.get("spec", {}), sort_keys=False))]
-    status = {k: v for k, v in document.get("status", {}).items() if k != "conditions"}
+    hidden = {"conditions", *(checkpoints.SHOWN if document["kind"] == "TrainingJob" else ())}
+    status = {k: v for k, v in document.get("status", {}).items() if k not in hidden}
     if status:
         lines += ["Status:", _indent(yaml.safe_dump(status, sort_keys=False))]
+    if document["kind"] == "TrainingJob":
+        lines += checkpoints.lines(document.get("status", {}), table)
     conditions = document.get("status", {}).get("conditions", [])
     lines.append("Conditions:")
     if conditions:

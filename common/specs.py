@@ -297,11 +297,27 @@ class TrainingJobSpec(Spec):
     batchSize: int = Field(default=8, ge=1)
     resources: Resources = Field(default_factory=Resources)
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
+    resumeFrom: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="a checkpoint directory (absolute path on the node, e.g. "
+        "/data/ckpt/pretrain/step-00000100) to start from while the job has no checkpoint of its own",
+    )
     policies: TrainingPolicies = Field(default_factory=TrainingPolicies)
     runtime: TrainRuntime = Field(default_factory=TrainRuntime)
     cluster: Name | None = None
 
     _names = field_validator("cluster")(classmethod(lambda cls, v: _check_name(v)))
+
+    @field_validator("resumeFrom")
+    @classmethod
+    def _absolute_checkpoint(cls, value: str | None) -> str | None:
+        if value is not None and (not value.startswith("/") or "\x00" in value):
+            raise ValueError(
+                f"must be an absolute path to a checkpoint directory on the node, such as "
+                f"/data/checkpoints/pretrain/step-00000100 (got {value[:80]!r})"
+            )
+        return value
 
 
 class PrefillLatency(Spec):

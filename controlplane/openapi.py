@@ -2,8 +2,9 @@
 
 Specs come from the models (``spec.serving.apiKeys``, Workload role ``router`` and the
 rest with them); statuses, which no model describes, are written here for the kinds whose
-status clients read: a Deployment's (``url``, ``endpoints``, ``replicas``...) and a
-Workload's (a router's ``backends``). Other kinds' statuses are plain objects.
+status clients read: a Deployment's (``url``, ``endpoints``, ``replicas``...), a
+TrainingJob's (its checkpoints: openapi_training.py) and a Workload's (a router's
+``backends``, a trainer's checkpoints). Other kinds' statuses are plain objects.
 
 It also describes the three token-free routes outside /api/v1/ (``/healthz``,
 ``/readyz``, ``/metrics``): probes and scrapers are API clients too. Written by hand
@@ -16,6 +17,7 @@ from functools import cache
 from typing import Any
 
 from common.specs import API_VERSION, KINDS, MAX_DEVICES, MAX_POWER_ERROR_CHARS, MAX_POWER_LIMIT_WATTS
+from controlplane import openapi_training as training_status
 
 JSON = "application/json"
 
@@ -213,6 +215,8 @@ def _status_schemas() -> dict[str, Any]:
                 "observedWorkload": {"type": "object", "description": "traffic measured live"},
             },
         },
+        "CheckpointRecord": training_status.checkpoint_record(),
+        "TrainingJobStatus": training_status.training_job_status(conditions),
         "WorkloadStatus": {
             "type": "object",
             "properties": {
@@ -226,6 +230,7 @@ def _status_schemas() -> dict[str, Any]:
                 "restarts": {"type": "integer"},
                 "lastExitCode": {"type": "integer"},
                 "progress": {"type": "object", "description": "a training Workload's step and loss"},
+                **training_status.checkpoint_fields("its runtime reported, kept across restarts"),
                 "backends": {
                     "type": "array",
                     "items": {

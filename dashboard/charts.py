@@ -45,8 +45,14 @@ def line_chart(
     width: int = 560,
     height: int = 180,
     y_max: float | None = None,
+    marks: Sequence[tuple[float, str]] = (),
 ) -> SafeString:
-    """An SVG line chart; with no points at all, a short note instead of empty axes."""
+    """An SVG line chart; with no points at all, a short note instead of empty axes.
+
+    ``marks`` are (x, label) pairs drawn as dashed vertical lines across the plot, each
+    with its label as a tooltip: events on the x axis, such as the steps a checkpoint was
+    taken at on a chart of step time.
+    """
     points = [(_x(x), y) for s in series for x, y in s.points if y is not None]
     label = escape(title + (f" ({unit})" if unit else ""))
     if not points:
@@ -80,6 +86,12 @@ def line_chart(
         parts.append(f'<line class="grid-line" x1="{left}" x2="{left + plot_w}" y1="{y:.1f}" y2="{y:.1f}"/>')
         parts.append(f'<text x="{left - 4}" y="{y + 3:.1f}" text-anchor="end">{_tick(value)}</text>')
     parts.append(f'<line class="axis" x1="{left}" x2="{left}" y1="{top}" y2="{top + plot_h}"/>')
+    for x, text in marks:
+        if x0 <= x <= x1:
+            parts.append(
+                f'<line class="mark" x1="{sx(x):.1f}" x2="{sx(x):.1f}" y1="{top}" y2="{top + plot_h}">'
+                f"<title>{escape(text)}</title></line>"
+            )
     is_time = any(isinstance(x, datetime) for s in series for x, _ in s.points)
     for x in (x0, (x0 + x1) / 2, x1):
         text = datetime.fromtimestamp(x).astimezone().strftime("%H:%M") if is_time else _tick(x)

@@ -32,6 +32,7 @@ from controlplane.telemetry import store as telemetry
 from controlplane.telemetry.models import RawSample
 from dashboard.charts import Series, line_chart
 from dashboard.common import number, page_of, querystring
+from dashboard.job_checkpoints import checkpoint_context
 from dashboard.owners import condition_badges, workload_rows
 from dashboard.roles import needs
 
@@ -262,19 +263,8 @@ def job_events(job: Resource, names: list[str]) -> list[Event]:
     return list(Event.objects.filter(wanted).order_by("-last_seen", "-id")[:EVENTS_SHOWN])
 
 
-def checkpoint_note(job: Resource) -> dict[str, Any]:
-    """What spec.checkpoint asks for, and the controller's warning that nothing acts on it yet."""
-    spec = job.spec.get("checkpoint") or {}
-    event = (
-        Event.objects.filter(kind=KIND, name=job.name, reason="CheckpointingNotAvailable")
-        .order_by("-last_seen")
-        .first()
-    )
-    return {"every": spec.get("everySteps", 100), "policy": spec.get("policy"), "event": event}
-
-
 def live_context(job: Resource, workloads: list[Resource]) -> dict[str, Any]:
-    """What the polled fragment shows: progress, conditions, Workloads, events.
+    """What the polled fragment shows: progress, conditions, Workloads, events, checkpoints.
 
     A running job's progress is read from its Workload, which the agent updates
     directly; the job's own copy waits for the controller's next pass.
@@ -292,7 +282,7 @@ def live_context(job: Resource, workloads: list[Resource]) -> dict[str, Any]:
         "conditions": conditions,
         "workloads": workload_rows(workloads),
         "events": job_events(job, workload_names(job, workloads)),
-        "checkpoint": checkpoint_note(job),
+        "checkpoint": checkpoint_context(job, workloads),
     }
 
 

@@ -21,6 +21,8 @@ import json
 import os
 import re
 import shutil
+import stat
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -36,6 +38,11 @@ MANIFEST_MAX_BYTES = 1 << 20  # a manifest names a few shards; anything larger i
 SHARDS = ("model", "optimizer", "extra")
 _NAME = re.compile(r"^step-(\d{8,})$")
 _CHUNK = 4 << 20
+
+# Staging directories this process is writing right now: clear_staging must not remove them
+# (two Snapshotters of one job share its levels; a second one starting clears the level).
+_in_flight: set[Path] = set()
+_in_flight_lock = threading.Lock()
 
 
 class CorruptCheckpoint(Exception):
@@ -84,13 +91,61 @@ class _HashingWriter:
 
 
 def make_level(path: Path) -> Path:
-    """Make ``path`` (and its parents) with owner-only permissions, and refuse one another user
-    owns: checkpoints are loaded back into a training process, so nobody else may plant one."""
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    owner = path.stat().st_uid
-    if owner != os.getuid():
-        raise PermissionError(f"{path} belongs to uid {owner}, not to this process; choose another path")
+    """Make ``path`` (and each missing parent) with owner-only permissions, and refuse one that
+    another user owns or could swap for their own: checkpoints are loaded back into a training
+    process, so nobody else may plant one, and they hold the model, so nobody else may read one.
+
+    A missing parent is made private too (``/dev/shm/flotilla-checkpoints`` made 0755 by one
+    user would otherwise lock every other user out of it). The parent must not let anyone else
+    rename ``path`` away: it must be ours or root's, and not writable by all without the sticky
+    bit (as /dev/shm and /tmp have).
+    """
+    missing = []
+    for parent in (path, *path.parents):
+        if os.path.lexists(parent):
+            break
+        missing.append(parent)
+    for directory in reversed(missing):
+        try:
+            directory.mkdir(mode=0o700)
+        except FileExistsError:
+            pass  # made meanwhile by another save; checked below like any other
+    info = os.lstat(path)
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+        raise PermissionError(f"{path} is not a plain directory (a symlink or a file); choose another path")
+    if info.st_uid != os.getuid():
+        raise PermissionError(
+            f"{path} belongs to uid {info.st_uid}, not to this process; choose another path"
+        )
+    if stat.S_IMODE(info.st_mode) & 0o077:
+        os.chmod(path, 0o700)  # ours but readable by others: the checkpoints hold the model
+    above = os.stat(path.parent)
+    if above.st_uid not in (0, os.getuid()) or (
+        above.st_mode & stat.S_IWOTH and not above.st_mode & stat.S_ISVTX
+    ):
+        raise PermissionError(
+            f"{path.parent} (uid {above.st_uid}, mode {stat.S_IMODE(above.st_mode):o}) lets another user "
+            f"replace {path.name}; choose a path under a directory of your own"
+        )
     return path
+
+
+def _staging(level_dir: Path, final: Path) -> Path:
+    """A new, empty staging directory for ``final``, registered as in flight until released."""
+    staging = level_dir / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    with _in_flight_lock:
+        _in_flight.add(staging)
+    try:
+        staging.mkdir(mode=0o700)
+    except BaseException:
+        _released(staging)
+        raise
+    return staging
+
+
+def _released(staging: Path) -> None:
+    with _in_flight_lock:
+        _in_flight.discard(staging)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -134,8 +189,7 @@ def write(
 
     started = time.monotonic()
     final = make_level(level_dir) / checkpoint_name(state.step)
-    staging = level_dir / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
+    staging = _staging(level_dir, final)
     try:
         shards = []
         for name, part in split_state(state).items():
@@ -152,6 +206,8 @@ def write(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    finally:
+        _released(staging)
     return _record(final, state.step, shards, meta, time.monotonic() - started)
 
 
@@ -162,25 +218,28 @@ def copy(source: Path, level_dir: Path, meta: dict[str, Any], *, durable: bool =
     manifest = read_manifest(source)
     step = int(manifest["step"])
     final = make_level(level_dir) / checkpoint_name(step)
-    staging = level_dir / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
+    staging = _staging(level_dir, final)
     try:
         for shard in manifest["shards"]:
             digest = hashlib.sha256()
+            size = 0
             with open(source / shard["file"], "rb") as src, open(staging / shard["file"], "wb") as dst:
                 while chunk := src.read(_CHUNK):
                     digest.update(chunk)
+                    size += len(chunk)
                     dst.write(chunk)
                 dst.flush()
                 if durable:
                     os.fsync(dst.fileno())
-            if digest.hexdigest() != shard["sha256"]:
+            if size != shard["bytes"] or digest.hexdigest() != shard["sha256"]:
                 raise CorruptCheckpoint(f"{source}: {shard['file']} changed while it was copied")
         _write_manifest(staging, step, manifest["shards"], {**manifest, **meta}, durable)
         _publish(staging, final, durable)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    finally:
+        _released(staging)
     return _record(final, step, manifest["shards"], meta, time.monotonic() - started)
 
 
@@ -239,16 +298,23 @@ def read_manifest(path: Path) -> dict[str, Any]:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise CorruptCheckpoint(f"{file}: not a {FORMAT} manifest")
     shards = manifest.get("shards")
-    names = sorted(s.get("name") for s in shards) if isinstance(shards, list) else None
-    if names != sorted(SHARDS) or not all(isinstance(s, dict) for s in shards or []):
+    if not isinstance(shards, list) or not all(isinstance(s, dict) for s in shards):
+        raise CorruptCheckpoint(f"{file}: shards must be a list of objects")
+    if sorted(str(s.get("name")) for s in shards) != sorted(SHARDS):
         raise CorruptCheckpoint(f"{file}: shards must be exactly {', '.join(SHARDS)}")
     for shard in shards:
-        file_name = shard.get("file")
-        if not isinstance(file_name, str) or "/" in file_name or file_name.startswith("."):
-            raise CorruptCheckpoint(f"{file}: shard {shard.get('name')!r} names no plain file")
-        if not isinstance(shard.get("bytes"), int) or not isinstance(shard.get("sha256"), str):
-            raise CorruptCheckpoint(f"{file}: shard {shard.get('name')!r} lacks bytes or sha256")
-    if manifest.get("step") != step_of(path):
+        # Each shard is the file its name says, in this directory: never ../ or another shard's.
+        if shard.get("file") != f"{shard['name']}.pt":
+            raise CorruptCheckpoint(
+                f"{file}: shard {shard['name']!r} names {shard.get('file')!r}, not {shard['name']}.pt"
+            )
+        if (
+            type(shard.get("bytes")) is not int
+            or shard["bytes"] < 0
+            or not isinstance(shard.get("sha256"), str)
+        ):
+            raise CorruptCheckpoint(f"{file}: shard {shard['name']!r} lacks bytes or sha256")
+    if type(manifest.get("step")) is not int or manifest["step"] != step_of(path):
         raise CorruptCheckpoint(f"{file}: says step {manifest.get('step')!r}, the directory another")
     return manifest
 
@@ -290,37 +356,56 @@ def listing(level_dir: Path) -> list[Path]:
     """The checkpoint directories of a level, newest step first (complete or not: see verify)."""
     try:
         entries = [p for p in level_dir.iterdir() if p.is_dir() and step_of(p) is not None]
-    except FileNotFoundError:
+    except OSError:  # not there yet, not a directory, not readable: no checkpoint there to use
         return []
     return sorted(entries, key=lambda p: step_of(p) or 0, reverse=True)
+
+
+def verified(levels: list[Path], skipped: Callable[[Path, str], None]) -> Iterator[Found]:
+    """The checkpoints over ``levels`` that verify, newest first (on a tie, the first level's);
+    ``skipped(path, reason)`` hears about each one passed over. Lazy: each is verified only
+    when the one before it is not wanted."""
+    candidates = [
+        (step_of(p) or 0, -rank, str(p)) for rank, level in enumerate(levels) for p in listing(level)
+    ]
+    for _, _, name in sorted(candidates, reverse=True):
+        path = Path(name)
+        try:
+            yield verify(path)
+        except CorruptCheckpoint as exc:
+            skipped(path, str(exc))
 
 
 def newest(levels: list[Path], skipped: Callable[[Path, str], None]) -> Found | None:
     """The newest checkpoint over ``levels`` that verifies (on a tie, the first level's);
     ``skipped(path, reason)`` hears about each one passed over."""
-    candidates = [(step_of(p) or 0, -rank, p) for rank, level in enumerate(levels) for p in listing(level)]
-    for _, _, path in sorted(candidates, reverse=True):
-        try:
-            return verify(path)
-        except CorruptCheckpoint as exc:
-            skipped(path, str(exc))
-    return None
+    return next(verified(levels, skipped), None)
 
 
 def complete(level_dir: Path) -> Iterator[Path]:
-    """The checkpoints of a level that have a manifest, newest first (retention counts these)."""
+    """The checkpoints of a level whose manifest reads, newest first (retention counts these;
+    shards are not re-read, which would cost a full read of every checkpoint at each save)."""
     for path in listing(level_dir):
-        if (path / MANIFEST).is_file():
-            yield path
+        try:
+            read_manifest(path)
+        except CorruptCheckpoint:
+            continue
+        yield path
 
 
-def retain(level_dir: Path, keep: int) -> list[Path]:
+def retain(level_dir: Path, keep: int, protect: Path | None = None) -> list[Path]:
     """Remove all but the newest ``keep`` complete checkpoints of a level; the removed ones.
-    Incomplete ones older than the newest kept are removed too: a save that died left them."""
+    Incomplete or unreadable ones older than the oldest kept are removed too: a save that died
+    left them. ``protect`` (the checkpoint just written) is always kept: a run resumed from an
+    older step must not lose what it wrote to the higher-numbered leftovers of its last life."""
+    if keep < 1:
+        raise ValueError("keep must be at least 1: retention never removes the newest checkpoint")
     kept = list(complete(level_dir))[:keep]
+    if protect is not None and protect not in kept and protect.exists():
+        kept = [*kept[: keep - 1], protect]
     if not kept:
         return []
-    oldest_kept = step_of(kept[-1]) or 0
+    oldest_kept = min(step_of(p) or 0 for p in kept)
     removed = [p for p in listing(level_dir) if p not in kept and (step_of(p) or 0) <= oldest_kept]
     for path in removed:
         shutil.rmtree(path, ignore_errors=True)
@@ -332,8 +417,10 @@ def clear_staging(level_dir: Path) -> list[Path]:
     checkpoint: nothing was renamed into place). Run before a job's first save."""
     try:
         stale = [p for p in level_dir.iterdir() if p.name.startswith(".step-")]
-    except FileNotFoundError:
+    except OSError:  # no level yet, or a broken one: the save itself will say what is wrong
         return []
+    with _in_flight_lock:
+        stale = [p for p in stale if p not in _in_flight]  # this process is still writing those
     for path in stale:
         shutil.rmtree(path, ignore_errors=True)
     return stale

@@ -13,14 +13,18 @@ snapshot to the first level and copies it on to the next ones (``checkpoint_file
 
 Host memory is bounded: a Snapshotter owns ``buffers`` sets of host buffers, each the size of
 the state. A save that finds them all still being flushed either waits for one or is skipped,
-as the plugin's ``whenBusy`` says, and the skip is reported as a record of its own.
+as the plugin's ``whenBusy`` says, and the skip is reported as a record of its own. A process
+keeps at most ``MAX_SNAPSHOTTERS`` of them; the least recently used one beyond that is closed
+(its flusher finishes what it holds, then its buffers are let go).
 """
 
 from __future__ import annotations
 
+import copy as _copy
 import queue
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -53,6 +57,7 @@ class SnapshotHandle:
         self._lock = threading.Lock()
         self._records: list[CheckpointRecord] = []
         self._device_event: Any = None  # a CUDA event the optimizer's stream waits on
+        self._copy_error: BaseException | None = None  # the copy failed: the buffers hold garbage
 
     @property
     def done(self) -> bool:
@@ -62,12 +67,11 @@ class SnapshotHandle:
         return self._finished.wait(timeout)
 
     def before_update(self) -> None:
+        self.copied.wait()  # on CUDA, set as soon as the copies are queued
         if self._device_event is not None:
             import torch
 
             torch.cuda.current_stream().wait_event(self._device_event)  # the device waits, not the host
-            return
-        self.copied.wait()
 
     def records(self) -> list[CheckpointRecord]:
         with self._lock:
@@ -90,9 +94,14 @@ class _Buffers:
     tensors: dict[tuple[Any, ...], Any] = field(default_factory=dict)
 
 
+_IMMUTABLE = (int, float, complex, str, bytes, bool, type(None))
+
+
 def _copy_tree(value: Any, key: tuple[Any, ...], buffers: _Buffers, copies: list[tuple[Any, Any]]) -> Any:
     """``value`` with every tensor replaced by its host buffer (allocated on first use, reused
-    after); the (source, buffer) pairs to copy are appended to ``copies``."""
+    after); the (source, buffer) pairs to copy are appended to ``copies``. Containers are
+    rebuilt and other mutable leaves deep-copied, so the snapshot is the state at save time
+    even when the loop changes its dicts in place afterwards."""
     import torch
 
     if isinstance(value, torch.Tensor):
@@ -107,136 +116,236 @@ def _copy_tree(value: Any, key: tuple[Any, ...], buffers: _Buffers, copies: list
         return {k: _copy_tree(v, (*key, k), buffers, copies) for k, v in value.items()}
     if isinstance(value, list | tuple):
         items = [_copy_tree(v, (*key, i), buffers, copies) for i, v in enumerate(value)]
-        return items if isinstance(value, list) else tuple(items)
-    return value  # numbers, strings, None: immutable, shared as they are
+        if isinstance(value, list):
+            return items
+        return type(value)(*items) if hasattr(value, "_fields") else tuple(items)  # namedtuples too
+    if isinstance(value, _IMMUTABLE):
+        return value
+    return _copy.deepcopy(value)  # a numpy array, a set: small, and the loop may change it
+
+
+def _failed(
+    handle: SnapshotHandle, level: str, exc: BaseException | str, *, skipped: bool = False
+) -> CheckpointRecord:
+    error = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
+    return CheckpointRecord(
+        step=handle.step,
+        level=level,
+        path="",
+        bytes=0,
+        seconds=round(time.monotonic() - handle.started, 4),
+        completed_at=time.time(),
+        error=error,
+        skipped=skipped,
+    )
+
+
+_STOP = None  # put on the job queue by close(): the flusher ends after what it already holds
 
 
 class Snapshotter:
     """The buffers and the flusher of one job's snapshots (one per checkpointer per target)."""
 
     def __init__(self, levels: list[Level], meta: dict[str, Any], buffers: int, when_busy: str):
+        if not levels:
+            raise ValueError("a Snapshotter needs at least one level")
+        if buffers < 1:
+            raise ValueError("a Snapshotter needs at least one set of host buffers")
+        if when_busy not in ("wait", "skip"):
+            raise ValueError(f"whenBusy must be wait or skip, not {when_busy!r}")
         self.levels = levels
         self.meta = meta
         self.when_busy = when_busy
         self._free: queue.Queue[_Buffers] = queue.Queue()
         for _ in range(buffers):
             self._free.put(_Buffers())
-        self._jobs: queue.Queue[tuple[SnapshotHandle, TrainingState, _Buffers]] = queue.Queue()
+        self._jobs: queue.Queue[tuple[SnapshotHandle, TrainingState, _Buffers] | None] = queue.Queue()
         self._written = 0
+        self._closed = False
+        self._closing = threading.Lock()  # a save's queueing and close() do not interleave
         for level in levels:
             files.clear_staging(level.path)
-        threading.Thread(target=self._flush_forever, name="checkpoint-flusher", daemon=True).start()
+        self._flusher = threading.Thread(target=self._flush_forever, name="checkpoint-flusher", daemon=True)
+        self._flusher.start()
+
+    @property
+    def alive(self) -> bool:
+        return self._flusher.is_alive() and not self._closed
 
     def save(self, state: TrainingState) -> SnapshotHandle:
         handle = SnapshotHandle(state.step)
-        if self.when_busy == "skip":
-            try:
-                buffers = self._free.get_nowait()
-            except queue.Empty:
-                handle._add(self._skipped(state.step))
-                handle._finish()
-                return handle
-        else:
-            buffers = self._free.get()  # waits for a flush to hand its buffers back
+        if self._closed:
+            handle._add(
+                _failed(handle, self.levels[0].name, "the checkpointer was closed; this save was not made")
+            )
+            handle._finish()
+            return handle
+        buffers = self._take_buffers(handle)
+        if buffers is None:
+            return handle
         copies: list[tuple[Any, Any]] = []
-        snapshot = replace(
-            state,
-            model=_copy_tree(state.model, ("model",), buffers, copies),
-            optimizer=_copy_tree(state.optimizer, ("optimizer",), buffers, copies),
-            rng=_copy_tree(state.rng, ("rng",), buffers, copies),
+        try:
+            snapshot = replace(
+                state,
+                model=_copy_tree(state.model, ("model",), buffers, copies),
+                optimizer=_copy_tree(state.optimizer, ("optimizer",), buffers, copies),
+                scheduler=_copy_tree(state.scheduler, ("scheduler",), buffers, copies),
+                rng=_copy_tree(state.rng, ("rng",), buffers, copies),
+                data=_copy_tree(state.data, ("data",), buffers, copies),
+            )
+            if any(source.device.type == "cuda" for source, _ in copies):
+                self._copy_on_device(handle, copies)
+            else:
+                copier = threading.Thread(target=self._copy, args=(handle, copies), name="checkpoint-copy")
+                copier.daemon = True
+                copier.start()
+        except Exception as exc:  # host memory for the buffers, a CUDA error: report it, keep training
+            self._free.put(buffers)
+            handle._add(_failed(handle, self.levels[0].name, exc))
+            handle._finish()
+            return handle
+        with self._closing:
+            if not self._closed:
+                self._jobs.put((handle, snapshot, buffers))
+                return handle
+        handle.copied.wait()  # closed while copying: the flusher would never see this one
+        if handle._device_event is not None:
+            handle._device_event.synchronize()
+        self._free.put(buffers)
+        handle._add(
+            _failed(handle, self.levels[0].name, "the checkpointer was closed; this save was not made")
         )
-        if any(source.device.type == "cuda" for source, _ in copies):
-            self._copy_on_device(handle, copies)
-        else:
-            copier = threading.Thread(target=self._copy, args=(handle, copies), name="checkpoint-copy")
-            copier.daemon = True
-            copier.start()
-        self._jobs.put((handle, snapshot, buffers))
+        handle._finish()
         return handle
 
-    def _skipped(self, step: int) -> CheckpointRecord:
-        level = self.levels[0]
-        why = f"skipped: every host buffer set still holds an earlier checkpoint (whenBusy: {self.when_busy})"
-        return CheckpointRecord(step=step, level=level.name, path="", bytes=0, seconds=0.0,
-                                completed_at=time.time(), skipped=True, error=why)  # fmt: skip
+    def _take_buffers(self, handle: SnapshotHandle) -> _Buffers | None:
+        """A free buffer set, or None with the handle finished and a record saying why."""
+        level = self.levels[0].name
+        if self.when_busy == "skip":
+            try:
+                return self._free.get_nowait()
+            except queue.Empty:
+                why = "skipped: every host buffer set still holds an earlier checkpoint (whenBusy: skip)"
+                handle._add(_failed(handle, level, why, skipped=True))
+                handle._finish()
+                return None
+        while self.alive:  # whenBusy: wait, for a flush to hand its buffers back
+            try:
+                return self._free.get(timeout=0.5)
+            except queue.Empty:
+                continue
+        # the flusher is gone (closed, or killed by something no except catches): never hang
+        try:
+            return self._free.get_nowait()  # and nothing would ever return a buffer set
+        except queue.Empty:
+            handle._add(_failed(handle, level, "the checkpoint flusher has stopped; this save was not made"))
+            handle._finish()
+            return None
 
     @staticmethod
     def _copy(handle: SnapshotHandle, copies: list[tuple[Any, Any]]) -> None:
         try:
             for source, buffer in copies:
                 buffer.copy_(source)
+        except BaseException as exc:
+            handle._copy_error = exc  # the flusher reports it and writes nothing from these buffers
         finally:
-            handle.copied.set()  # a failed copy is reported by the flusher; never hang training
+            handle.copied.set()  # never hang training
 
     @staticmethod
     def _copy_on_device(handle: SnapshotHandle, copies: list[tuple[Any, Any]]) -> None:
         import torch
 
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())  # the copies see the finished optimizer step
+        device = next(source.device for source, _ in copies if source.device.type == "cuda")
+        stream = torch.cuda.Stream(device=device)
+        stream.wait_stream(torch.cuda.current_stream(device))  # the copies see the finished optimizer step
         with torch.cuda.stream(stream):
             for source, buffer in copies:
                 buffer.copy_(source, non_blocking=True)
+                if source.device.type == "cuda":
+                    source.record_stream(stream)  # its memory is not reused before the copy ran
             event = torch.cuda.Event()
             event.record(stream)
         handle._device_event = event
         handle.copied.set()  # the host side is done queueing; the flusher syncs on the event
 
+    def close(self) -> None:
+        """Stop the flusher once it has flushed what it holds; later saves are refused."""
+        with self._closing:
+            if not self._closed:
+                self._closed = True
+                self._jobs.put(_STOP)
+
     def _flush_forever(self) -> None:
-        while True:
-            handle, snapshot, buffers = self._jobs.get()
-            self._flush(handle, snapshot, buffers)
+        while (job := self._jobs.get()) is not _STOP:
+            try:
+                self._flush(*job)
+            except BaseException:  # noqa: S110 - _flush returned the buffers and finished the handle
+                pass  # the flusher must outlive any one save, or every later save would wait forever
 
     def _flush(self, handle: SnapshotHandle, snapshot: TrainingState, buffers: _Buffers) -> None:
         index, self._written = self._written, self._written + 1
+        held = True  # the buffers are ours until a level holds the snapshot (or none can)
         written: Path | None = None
-        level = self.levels[0]
         try:
-            handle.copied.wait()
-            if handle._device_event is not None:
-                handle._device_event.synchronize()
             try:
-                record = files.write(level.path, snapshot, {**self.meta, "level": level.name},
-                                     durable=level.durable)  # fmt: skip
-            finally:
-                self._free.put(buffers)  # written or not, the next snapshot may use them
-            written = Path(record.path)
-            handle._add(replace(record, seconds=round(time.monotonic() - handle.started, 4)))
-            files.retain(level.path, level.keep)
-            for level in self.levels[1:]:
-                if index % level.every:
+                handle.copied.wait()
+                if handle._device_event is not None:
+                    handle._device_event.synchronize()
+                if handle._copy_error is not None:
+                    raise RuntimeError(f"copying the state to host buffers failed: {handle._copy_error}")
+            except Exception as exc:
+                handle._add(_failed(handle, self.levels[0].name, exc))
+                return
+            for rank, level in enumerate(self.levels):
+                if rank and index % level.every:
                     continue
-                record = files.copy(written, level.path, {**self.meta, "level": level.name},
-                                    durable=level.durable)  # fmt: skip
-                handle._add(replace(record, seconds=round(time.monotonic() - handle.started, 4)))
-                files.retain(level.path, level.keep)
-        except Exception as exc:  # disk full, a level gone: report it, keep training
-            handle._add(_failed(handle, level.name, written, exc))
+                meta = {**self.meta, "level": level.name}
+                try:
+                    if written is None:  # the first level, or every level before failed: write
+                        record = files.write(level.path, snapshot, meta, durable=level.durable)
+                        written = Path(record.path)
+                        self._free.put(buffers)  # the next snapshot may use them now
+                        held = False
+                    else:
+                        record = files.copy(written, level.path, meta, durable=level.durable)
+                    handle._add(replace(record, seconds=round(time.monotonic() - handle.started, 4)))
+                    files.retain(level.path, level.keep, protect=Path(record.path))
+                except Exception as exc:  # disk full, a level gone: report it, try the next, keep training
+                    handle._add(_failed(handle, level.name, exc))
         finally:
+            if held:
+                self._free.put(buffers)
             handle._finish()
 
 
-def _failed(handle: SnapshotHandle, level: str, written: Path | None, exc: Exception) -> CheckpointRecord:
-    return CheckpointRecord(
-        step=handle.step,
-        level=level,
-        path=str(written or ""),
-        bytes=0,
-        seconds=round(time.monotonic() - handle.started, 4),
-        completed_at=time.time(),
-        error=f"{type(exc).__name__}: {exc}",
-    )
+MAX_SNAPSHOTTERS = 8  # jobs a process checkpoints at once (a runtime has one; the bench a few)
 
-
-_snapshotters: dict[tuple[Any, ...], Snapshotter] = {}
+_snapshotters: OrderedDict[tuple[Any, ...], Snapshotter] = OrderedDict()
 _lock = threading.Lock()
 
 
 def snapshotter(key: tuple[Any, ...], make: Callable[[], Snapshotter]) -> Snapshotter:
     """The Snapshotter for ``key`` (plugin, target, params), made once: a plugin object is
-    shared, but each job's buffers and flusher are its own."""
+    shared, but each job's buffers and flusher are its own. Bounded: beyond
+    ``MAX_SNAPSHOTTERS`` the least recently used is closed and forgotten."""
     with _lock:
         found = _snapshotters.get(key)
+        if found is not None and not found.alive:
+            del _snapshotters[key]
+            found = None
         if found is None:
             found = _snapshotters[key] = make()
+            while len(_snapshotters) > MAX_SNAPSHOTTERS:
+                _, oldest = _snapshotters.popitem(last=False)
+                oldest.close()
+        _snapshotters.move_to_end(key)
         return found
+
+
+def close_all() -> None:
+    """Close every Snapshotter (a runtime at exit, the tests between cases)."""
+    with _lock:
+        while _snapshotters:
+            _, oldest = _snapshotters.popitem(last=False)
+            oldest.close()

@@ -25,7 +25,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from plugins import checkpoint_files as files
 from plugins.checkpoint_snapshot import Level, Snapshotter, snapshotter
@@ -40,6 +40,8 @@ MEMORY_DIR = "/dev/shm/flotilla-checkpoints"  # noqa: S108
 def _absolute(value: str | None) -> str | None:
     if value is not None and not value.startswith("/"):
         raise ValueError("must be an absolute path on the node, such as /mnt/checkpoints")
+    if value is not None and ("\x00" in value or ".." in Path(value).parts):
+        raise ValueError("must be a plain absolute path, without .. or NUL characters")
     return value
 
 
@@ -84,6 +86,16 @@ class _Async(_Common):
 
     _durable = field_validator("durablePath")(classmethod(lambda cls, v: _absolute(v)))
 
+    @model_validator(mode="after")
+    def _two_places(self) -> _Async:
+        if (
+            self.durablePath is not None
+            and self.path is not None
+            and Path(self.durablePath) == Path(self.path)
+        ):
+            raise ValueError("durablePath must differ from path: the durable level is a second copy")
+        return self
+
 
 class LazyAsyncParams(_Async):
     pass
@@ -112,8 +124,17 @@ def _meta(plugin: str, target: CheckpointTarget) -> dict[str, Any]:
 
 
 def _restore(levels: list[Path], target: CheckpointTarget) -> TrainingState | None:
-    found = files.newest(levels, lambda path, why: target.notes.append(f"skipped {path}: {why}"))
-    return files.load(found) if found is not None else None
+    """The newest checkpoint that verifies and loads; each one passed over is noted."""
+
+    def skipped(path: Path, why: str) -> None:
+        target.notes.append(f"skipped {path}: {why}")
+
+    for found in files.verified(levels, skipped):
+        try:
+            return files.load(found)
+        except Exception as exc:  # checksums match but torch cannot read it: still not loadable
+            skipped(found.path, f"unloadable ({type(exc).__name__}: {exc})")
+    return None
 
 
 class Blocking:
@@ -133,7 +154,7 @@ class Blocking:
         level = self._dir(target, params)
         files.clear_staging(level)
         record = files.write(level, state, {**_meta(self.name, target), "level": "local"})
-        files.retain(level, params.keep)
+        files.retain(level, params.keep, protect=Path(record.path))
         return FinishedSave(step=state.step, record=record)
 
     def restore(self, *, target: CheckpointTarget, params: BaseModel) -> TrainingState | None:
@@ -170,11 +191,12 @@ class LazyAsync(_Snapshotting):
     Params: ClassVar[type[BaseModel]] = LazyAsyncParams
 
     def levels(self, target: CheckpointTarget, params: Any) -> list[Level]:
-        levels = [Level("local", _place(params.path, target.local_dir), params.keep)]
-        durable = params.durablePath or target.durable_dir
-        if durable is not None:
-            levels.append(Level("durable", _place(params.durablePath, target.durable_dir or target.local_dir),
-                                params.durableKeep))  # fmt: skip
+        local = _place(params.path, target.local_dir)
+        levels = [Level("local", local, params.keep)]
+        if params.durablePath or target.durable_dir:
+            durable = _place(params.durablePath, target.durable_dir or target.local_dir)
+            if durable != local:  # one directory is one level, not two copies of each checkpoint
+                levels.append(Level("durable", durable, params.durableKeep))
         return levels
 
 

@@ -182,8 +182,8 @@ def test_job_detail_shows_progress_workloads_conditions_and_loss_curve(
     points = re.search(r'<polyline class="series" stroke="[^"]+" points="([^"]+)"', svg)
     assert points is not None and len(points.group(1).split()) == 5  # steps 1, 10, 20, 30, 40
     assert "5 points from workload logs, telemetry" in html
-    assert "Checkpointing is not available yet" in html
-    assert "CheckpointingNotAvailable" in html
+    assert "This job saves no checkpoints" in html  # no spec.checkpoint.policy, and nothing else said
+    assert "CheckpointingNotAvailable" not in html
     assert "Scheduled" in html  # conditions and the Scheduled event
 
 
@@ -193,7 +193,7 @@ def test_job_detail_without_history_says_there_is_no_data(viewer_client: Client,
     html = page_of(viewer_client.get("/jobs/pretrain/"))
     assert '<svg class="chart"' not in html
     assert "no data for this period yet" in html
-    assert "Checkpointing is not available yet" in html
+    assert "This job saves no checkpoints" in html
 
 
 def test_live_fragments_poll_until_the_job_finishes(viewer_client: Client, add_node: Any) -> None:
@@ -278,7 +278,7 @@ def test_policies_page_lists_a_policy_its_users_and_the_installed_plugins(viewer
     assert 'data-plugin="binpack"' in html
     assert "<code>spread</code>" in html and "<code>false</code>" in html  # its schema, with the default
     assert "Named directly (with its defaults) by deployment/chat-direct" in html
-    assert "No checkpointer plugin is installed" in html
+    assert 'data-plugin="lazy-async"' in html  # the checkpointers are built in
 
 
 def test_policies_empty_state_and_an_unusable_policy(viewer_client: Client) -> None:

@@ -236,7 +236,7 @@ def test_build_registry_picks_up_a_registered_plugin_by_kind_and_name():
             "session-ttl",
             "ttl-test",
         ],
-        "checkpointer": ["blocking-test"],
+        "checkpointer": ["blocking", "blocking-test", "lazy-async", "memory-snapshot"],
         "powercap": ["static-test"],
     }
 
@@ -353,9 +353,12 @@ def test_hook_register_caches_returns_named_caches():
 
 
 def test_hook_register_checkpointers_returns_named_checkpointers():
-    assert manager.make_manager([]).hook.register_checkpointers() == []
+    builtin = ["blocking", "lazy-async", "memory-snapshot"]
+    batches = manager.make_manager([]).hook.register_checkpointers()
+    assert [[impl.name for impl in batch] for batch in batches] == [builtin]
     batches = manager_with(TestPlugin()).hook.register_checkpointers()
-    assert [[impl.kind for impl in batch] for batch in batches] == [["checkpointer"]]
+    assert sorted(impl.name for batch in batches for impl in batch) == sorted([*builtin, "blocking-test"])
+    assert {impl.kind for batch in batches for impl in batch} == {"checkpointer"}
 
 
 def test_hook_register_powercaps_returns_named_powercaps():

@@ -124,6 +124,8 @@ def test_an_out_of_range_token_id_fails_with_a_message_naming_the_file_and_offse
         ({"model": {"source": "builtin:tiny-llama", "config": {"heads": 3}}}, "model", "divisible"),
         ({"checkpoint": {"everySteps": 0}}, "checkpoint.everySteps", "integer >= 1"),
         ({"learningRate": -1}, "learningRate", "3e-4"),
+        ({"resumeFrom": "checkpoints/step-00000100"}, "resumeFrom", "absolute path"),
+        ({"checkpoint": {"plugin": "no-such-saver"}}, "checkpoint.plugin", "no checkpointer plugin"),
     ],
 )
 def test_a_bad_config_fails_with_an_event_naming_the_field_and_the_fix(tmp_path, overrides, field, hint):
@@ -134,11 +136,13 @@ def test_a_bad_config_fails_with_an_event_naming_the_field_and_the_fix(tmp_path,
     assert failed["message"].startswith(f"{field}: ") and hint in failed["message"]
 
 
-def test_a_checkpoint_section_is_validated_then_ignored_with_a_warning(tmp_path):
+def test_a_checkpoint_section_naming_no_plugin_warns_that_nothing_is_saved(tmp_path):
     code, events, err = run(job(tmp_path, steps=2, checkpoint={"policy": "every-n", "everySteps": 50}))
     assert code == 0, err
     assert events[0]["event"] == "warning" and events[0]["message"].startswith("checkpoint:")
+    assert "nothing is saved" in events[0]["message"] and "checkpoint.plugin" in events[0]["message"]
     assert [e["event"] for e in events[1:]] == ["started", "progress", "progress", "succeeded"]
+    assert events[1]["resumedFrom"] == 0 and events[1]["checkpointer"] is None
 
 
 def test_sigterm_mid_run_stops_after_the_current_step_with_exit_code_143(tmp_path):

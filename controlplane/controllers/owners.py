@@ -10,6 +10,11 @@ with them) before the finalizer is lifted.
 ``status.url`` is where clients go: the router's endpoint once it is Ready; with no
 router (one replica, no cache policy), that replica's endpoint once it is Ready;
 absent otherwise. Ready needs the router Ready too, where there is one.
+
+A TrainingJob's checkpoint history, restores and step times are folded in from what its
+Workloads reported (``checkpoints.py``), lost and finished ones included, before they go.
+A training Workload that crashed is left to its agent, which restarts it (BackOff) and the
+runtime resumes from its newest checkpoint: it is replaced only when its node is lost.
 """
 
 from __future__ import annotations
@@ -23,10 +28,10 @@ from typing import Any, NamedTuple
 from django.db import transaction
 from pydantic import BaseModel
 
-from common.specs import KINDS, WORKLOAD_FINALIZER, DeploymentSpec, TrainingJobSpec
+from common.specs import KINDS, WORKLOAD_FINALIZER, DeploymentSpec
 from controlplane import events, fleet, store
 from controlplane.conditions import is_true, set_condition
-from controlplane.controllers import routers
+from controlplane.controllers import checkpoints, routers
 from controlplane.controllers.routers import Router
 from controlplane.controllers.sizing import (
     Choice,
@@ -49,7 +54,7 @@ from controlplane.controllers.workload_config import (
     workload_name,
 )
 from controlplane.kube.pods import executor_spec
-from controlplane.models import Event, Resource
+from controlplane.models import Resource
 from plugins.types import FleetView, SchedulePlan
 
 log = logging.getLogger(__name__)
@@ -114,6 +119,7 @@ def _converge(owner: Resource, planned: Planned | None = None) -> None:
     store.add_finalizer(owner, WORKLOAD_FINALIZER)
     view, usable = _placement_view(planned)
     owned = owned_workloads(owner)
+    checkpoints.follow(owner, spec, status, list(owned))  # what they reported, lost or finished ones too
     lost = _drop_lost(owner, owned, usable)
     router_workloads, workloads = routers.split(owned)  # the router is no replica
     choice = scheduler_for(spec)
@@ -269,7 +275,6 @@ def _write_status(
         status["plan"] = {**targets.plan.to_dict(), "generation": owner.generation}
     elif not targets.plan_problem:
         status.pop("plan", None)
-    _note_unsupported(owner, spec)
     status["observedGeneration"] = owner.generation
     status["replicas"] = {
         "desired": targets.desired,
@@ -340,25 +345,6 @@ def _training_finished(owner: Resource, status: dict[str, Any], workloads: list[
     status["progress"] = progress
     events.record(owner, "Completed", f"training finished on {done.node_name}", source=SOURCE)
     return True
-
-
-def _note_unsupported(owner: Resource, spec: OwnerSpec) -> None:
-    """Checkpointing comes with the checkpointer plugins; until then say, once, that
-    the validated spec.checkpoint section is not acted on."""
-    if not isinstance(spec, TrainingJobSpec):
-        return
-    reason = "CheckpointingNotAvailable"
-    if Event.objects.filter(kind=owner.kind, name=owner.name, uid=str(owner.uid), reason=reason).exists():
-        return
-    policy = f" (policy {spec.checkpoint.policy})" if spec.checkpoint.policy else ""
-    events.record(
-        owner,
-        reason,
-        f"spec.checkpoint{policy} is validated but not acted on yet: no checkpoints are written, "
-        "and a restarted Workload trains from step 0",
-        type_="Warning",
-        source=SOURCE,
-    )
 
 
 def _group_by_target(

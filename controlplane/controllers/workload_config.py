@@ -15,8 +15,8 @@ a time, and only while all the others serve (a stale replica that serves nothing
 restarted at once), so a Deployment of several replicas keeps serving through the change
 and a config that does not come up stops the roll-out after one replica. The router is
 restarted at once: there is one, and it starts in a moment. A TrainingJob's Workload keeps
-the config it started with: restarting it would lose the run (nothing resumes it until the
-checkpointers do).
+the config it started with: a new config would restart it, and a restart costs the steps
+since its last checkpoint (the runtime resumes from that, or from ``resumeFrom``).
 """
 
 from __future__ import annotations
@@ -89,6 +89,8 @@ def runtime_config(owner: Resource) -> dict[str, Any]:
         checkpoint = CheckpointSpec.model_validate(spec.get("checkpoint") or {})
         if checkpoint.policy and (chosen := plugin_choice("checkpointer", checkpoint.policy)):
             config["checkpoint"] = {**chosen, "everySteps": checkpoint.everySteps}
+        if spec.get("resumeFrom"):  # the runtime uses it only while the job has no checkpoint of its own
+            config["resumeFrom"] = spec["resumeFrom"]
     else:
         config.update(_serving_config(owner))
     # spec.runtime: only what is set, so the runtime's own defaults apply to the rest.

@@ -10,6 +10,7 @@ import argparse
 import sys
 import traceback
 
+from agents.runtimes.train.checkpointing import checkpoint_target
 from agents.runtimes.train.config import ConfigError, load_config
 from agents.runtimes.train.progress import EXIT_BAD_CONFIG, EXIT_ERROR, Reporter
 from agents.runtimes.train.stop import StopFlag
@@ -35,10 +36,11 @@ def main(argv: list[str] | None = None) -> int:
         for warning in config.warnings:
             reporter.emit("warning", message=warning)
             reporter.log(f"warning: {warning}")
+        target = checkpoint_target(config)  # before torch: a missing directory fails at once too
         # Imported only now: torch takes seconds to load, and a bad config should fail at once.
         from agents.runtimes.train.loop import pick_device, train
 
-        outcome = train(config, pick_device(args.device), reporter, stop)
+        outcome = train(config, pick_device(args.device), reporter, stop, target)
     except ConfigError as exc:
         reporter.emit("failed", message=str(exc), field=exc.field)
         reporter.log(f"bad config: {exc}")
@@ -52,9 +54,9 @@ def main(argv: list[str] | None = None) -> int:
         reporter.log(f"stopped by signal {outcome.signal} after step {outcome.step}")
         return 128 + outcome.signal
     reporter.emit("succeeded", step=outcome.step, loss=outcome.loss, seconds=round(reporter.elapsed(), 3))
-    reporter.log(
-        f"succeeded after {outcome.step} steps in {reporter.elapsed():.1f}s, loss {outcome.loss:.4f}"
-    )
+    # No loss when a job restarted after its last checkpoint had no step left to run.
+    loss = f"loss {outcome.loss:.4f}" if outcome.loss is not None else "no step left to run"
+    reporter.log(f"succeeded after {outcome.step} steps in {reporter.elapsed():.1f}s, {loss}")
     return 0
 
 

@@ -21,7 +21,10 @@ DEFAULT_LEARNING_RATE = 3e-4
 DEFAULT_SEQ_LEN_CAP = 128
 # TrainingJob fields the runtime does not use but accepts, so the agent may pass the spec through.
 PASSED_THROUGH = frozenset({"resources", "policies", "cluster"})
-KNOWN = frozenset({"model", "data", "steps", "batchSize", "seqLen", "learningRate", "seed", "checkpoint"})
+KNOWN = frozenset(
+    {"model", "data", "steps", "batchSize", "seqLen", "learningRate", "seed", "checkpoint", "resumeFrom"}
+)
+RESUME_FROM_MAX_CHARS = 1024
 
 
 class ConfigError(ValueError):
@@ -44,9 +47,12 @@ class TrainConfig:
     learningRate: float = DEFAULT_LEARNING_RATE
     seed: int | None = None
     checkpoint: dict[str, Any] | None = None
-    # The checkpointer plugin checkpoint.plugin names, resolved on this node; the loop calls
-    # it in a later issue, and names it in its started event and log line meanwhile.
+    # The checkpointer plugin checkpoint.plugin names, resolved on this node; the loop saves
+    # and restores through it (agents/runtimes/train/checkpointing.py).
     checkpointer: PluginChoice | None = None
+    # A checkpoint directory (another job's step-NNNNNNNN) to start from while this job has
+    # none of its own; checked for shape here, verified against its manifest at start.
+    resumeFrom: str | None = None
     warnings: list[str] = field(default_factory=list)
 
 
@@ -71,15 +77,11 @@ def parse_config(raw: Any) -> TrainConfig:
     ]
     checkpoint = _checkpoint(raw.get("checkpoint"))
     checkpointer = _checkpointer(checkpoint)
-    if checkpointer is not None:
+    if checkpoint is not None and checkpointer is None:
         warnings.append(
-            f"checkpoint: checkpointer {checkpointer.name!r} resolved but not called yet; this "
-            "basic runtime does not checkpoint, so a restarted job starts again from step 0"
-        )
-    elif checkpoint is not None:
-        warnings.append(
-            "checkpoint: validated but ignored; this basic runtime does not checkpoint yet, "
-            "so a restarted job starts again from step 0"
+            "checkpoint: names no checkpointer plugin, so nothing is saved and a restarted job "
+            "starts again from step 0; set checkpoint.plugin (the control plane writes it from "
+            "checkpoint.policy)"
         )
     data = _source(raw, "data")
     _check_data_source(data["source"])
@@ -93,6 +95,7 @@ def parse_config(raw: Any) -> TrainConfig:
         seed=_seed(raw.get("seed")),
         checkpoint=checkpoint,
         checkpointer=checkpointer,
+        resumeFrom=_resume_from(raw.get("resumeFrom")),
         warnings=warnings,
     )
 
@@ -151,6 +154,23 @@ def _seed(value: Any) -> int | None:
         raise ConfigError(
             "seed", f"must be a non-negative integer (got {value!r}); leave it out for the default"
         )
+    return value
+
+
+def _resume_from(value: Any) -> str | None:
+    """Only the shape: whether the directory exists and verifies is checked when it is used,
+    which is only while the job has no checkpoint of its own (so a restarted job does not
+    fail because the checkpoint it started from was retired since)."""
+    if value is None:
+        return None
+    example = "/var/lib/flotilla/checkpoints/other-job/step-00000100"
+    if not isinstance(value, str) or not value.startswith("/") or "\x00" in value:
+        raise ConfigError(
+            "resumeFrom",
+            f"must be an absolute path of a checkpoint directory (got {value!r}), such as {example}",
+        )
+    if len(value) > RESUME_FROM_MAX_CHARS:
+        raise ConfigError("resumeFrom", f"longer than {RESUME_FROM_MAX_CHARS} characters; use a shorter path")
     return value
 
 

@@ -3,7 +3,8 @@
 Parameters are kept in fp32 (the "master" weights) even where the model config says ``auto``
 (bf16 on CUDA for serving): AdamW updates lose most of their bits in bf16. Compute runs under
 bf16 autocast on CUDA for speed and in plain fp32 on CPU, where a run is bit-for-bit
-reproducible from its seed.
+reproducible from its seed -- and, through the checkpointer (``checkpointing``), from its
+last checkpoint.
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from agents.runtimes.model import Transformer, build_model
+from agents.runtimes.train.checkpointing import STOP_WAIT_SECONDS, Checkpoints, Trainee, capture, restore
 from agents.runtimes.train.config import ConfigError, TrainConfig
 from agents.runtimes.train.data import TokenStream, load_tokens
 from agents.runtimes.train.progress import Reporter
 from agents.runtimes.train.stop import StopFlag
+from plugins.types import CheckpointTarget
 
 WEIGHT_DECAY = 0.1
 BETAS = (0.9, 0.95)
@@ -85,8 +88,20 @@ def autocast_for(device: torch.device, config: TrainConfig) -> torch.autocast | 
     return nullcontext()
 
 
-def train(config: TrainConfig, device: torch.device, reporter: Reporter, stop: StopFlag) -> Outcome:
-    """Run ``config.steps`` optimizer steps, reporting as it goes; returns early on a stop signal."""
+def train(
+    config: TrainConfig,
+    device: torch.device,
+    reporter: Reporter,
+    stop: StopFlag,
+    target: CheckpointTarget | None = None,
+) -> Outcome:
+    """Run the optimizer steps left, reporting as it goes; returns early on a stop signal.
+
+    With a checkpointer (``target`` from :func:`checkpointing.checkpoint_target`) it first
+    resumes from the newest checkpoint (or ``resumeFrom``), saves every ``everySteps`` steps
+    and at the last, and returns only once the last save is complete, so ``succeeded`` means
+    the final state is on disk.
+    """
     model, stream, seq_len, seed = prepare(config, device)
     torch.manual_seed(seed)
     batches = torch.Generator().manual_seed(seed)
@@ -96,16 +111,20 @@ def train(config: TrainConfig, device: torch.device, reporter: Reporter, stop: S
         torch.backends.cudnn.allow_tf32 = True
     if stop.signal is not None:  # asked to stop while torch was loading: never announce a start
         return Outcome(step=0, loss=None, signal=stop.signal)
+    trainee = Trainee(model=model, optimizer=optimizer, batches=batches, device=device)
+    resumed = restore(config, target, trainee, reporter)
+    checkpoints = Checkpoints(config, target, reporter)
     reporter.tokens_per_step = config.batchSize * seq_len
-    # The checkpointer the config chose (not called yet: a later issue saves through it).
-    chosen = {"checkpointer": config.checkpointer.name} if config.checkpointer else {}
+    chosen = {"checkpointer": checkpoints.name, "everySteps": checkpoints.every if checkpoints.name else None}
     reporter.log(
         f"training on {device} ({stream.origin}, {len(stream.tokens):,} tokens) "
         f"batch {config.batchSize} x seqLen {seq_len}, lr {config.learningRate:g}, seed {seed}"
-        + "".join(f", {key} {value}" for key, value in chosen.items())
+        + (f", checkpointer {checkpoints.name} every {checkpoints.every} steps" if checkpoints.name else "")
+        + (f", resumed from step {resumed}" if resumed else "")
     )
     reporter.start(
         params=sum(p.numel() for p in model.parameters()),
+        resumed_from=resumed,
         device=str(device),
         seqLen=seq_len,
         batchSize=config.batchSize,
@@ -113,7 +132,7 @@ def train(config: TrainConfig, device: torch.device, reporter: Reporter, stop: S
         **chosen,
     )
     loss_value: float | None = None
-    for step in range(1, config.steps + 1):
+    for step in range(resumed + 1, config.steps + 1):
         inputs, targets = stream.batch(batches, config.batchSize, seq_len)
         inputs = inputs.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
@@ -123,13 +142,20 @@ def train(config: TrainConfig, device: torch.device, reporter: Reporter, stop: S
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
+        checkpoints.before_update()  # a save still copying tensors finishes before they change
         optimizer.step()
+        if checkpoints.due(step):
+            checkpoints.save(capture(trainee, step, config.batchSize, seq_len))
+        checkpoints.poll()
         if reporter.wants(step) or stop.signal is not None:
             loss_value = loss.item()
             if not math.isfinite(loss_value):
                 raise FloatingPointError(f"loss became {loss_value} at step {step}; lower learningRate")
             if reporter.wants(step):
-                reporter.progress(step, loss_value)
+                reporter.progress(step, loss_value, checkpoints.take_stall())
         if stop.signal is not None and step < config.steps:
+            if not checkpoints.wait(STOP_WAIT_SECONDS):
+                reporter.log(f"stopping with a checkpoint still in flight after {STOP_WAIT_SECONDS:.0f}s")
             return Outcome(step=step, loss=loss_value, signal=stop.signal)
-    return Outcome(step=config.steps, loss=loss_value)
+    checkpoints.wait()  # the final checkpoint is complete before the run says it succeeded
+    return Outcome(step=max(config.steps, resumed), loss=loss_value)
