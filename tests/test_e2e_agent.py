@@ -163,6 +163,77 @@ def test_a_training_job_runs_to_succeeded_and_reports_progress(live):
     assert "Checkpointed" not in reasons
 
 
+def test_a_training_job_killed_with_sigkill_resumes_from_its_checkpoint_and_ends_as_if_never_killed(
+    live, tmp_path
+):
+    """Issue 12's done-when: lazy-async every 5 steps, the runtime killed with SIGKILL mid-run
+    by the test, restarted by the agent from its newest complete checkpoint, Succeeded, and
+    its final parameters bit-identical to an uninterrupted run of the same config."""
+    import json
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    from plugins import checkpoint_files as files
+
+    steps = 1500
+    job = {
+        "apiVersion": "flotilla.dev/v1",
+        "kind": "TrainingJob",
+        "metadata": {"name": "resumed-train"},
+        "spec": {
+            "model": {"source": "builtin:tiny-llama", "config": {**TINY, "maxSeqLen": 64}},
+            "data": {"source": "builtin:synthetic"},
+            "steps": steps,
+            "batchSize": 4,
+            "checkpoint": {"policy": "lazy-async", "everySteps": 5},
+        },
+    }
+    live.client.apply(yaml.safe_dump(job))
+    running = wait_for(lambda: workload(live, "resumed-train"), timeout=60, what="the training Workload")
+    uid = running["spec"]["owner"]["uid"]
+    directory = live.stack.home / "agent" / "cpu-a" / "checkpoints" / f"resumed-train-{uid[:8]}"
+    wait_for(lambda: files.listing(directory), timeout=120, interval=0.05, what="a first checkpoint")
+    config = live.stack.home / "agent" / "cpu-a" / f"{running['metadata']['name']}.json"
+    found = subprocess.run(
+        ["pgrep", "-f", f"agents.runtimes.train.*{config}"], capture_output=True, text=True, check=False
+    )
+    os.kill(int(found.stdout.split()[0]), signal.SIGKILL)
+    killed_at = files.step_of(files.listing(directory)[0])
+    assert killed_at is not None and killed_at < steps, "killed mid-run"
+
+    def succeeded():
+        document = live.client.get("trainingjobs", "resumed-train")
+        return document if condition(document, "Succeeded") == "True" else None
+
+    document = wait_for(succeeded, timeout=300, what="Succeeded after the kill")
+    status = document["status"]
+    assert status["restoredFrom"]["step"] >= 5 and status["lastCheckpoint"]["step"] == steps
+    assert condition(document, "Checkpointed") == "True"
+    reasons = {e["reason"] for e in live.client.events("trainingjobs", "resumed-train")["items"]}
+    assert {"Resumed", "Checkpointed"} <= reasons
+
+    # the same config, never killed
+    reference = tmp_path / "reference"
+    (tmp_path / "config.json").write_text(json.dumps(running["spec"]["config"]))
+    subprocess.run(
+        [sys.executable, "-m", "agents.runtimes.train", "--config", str(tmp_path / "config.json"),
+         "--device", "cpu"],
+        env={**os.environ, "FLOTILLA_CHECKPOINT_DIR": str(reference)},
+        capture_output=True, check=True, timeout=300,
+    )  # fmt: skip
+    skipped: list[str] = []
+    resumed = files.load(files.newest([Path(directory)], lambda path, why: skipped.append(why)))
+    uninterrupted = files.load(files.newest([reference], lambda path, why: skipped.append(why)))
+    assert resumed.step == uninterrupted.step == steps and not skipped
+    for name, tensor in uninterrupted.model.items():
+        assert torch.equal(resumed.model[name], tensor), name
+    for index, state in uninterrupted.optimizer["state"].items():
+        for key, tensor in state.items():
+            assert torch.equal(resumed.optimizer["state"][index][key], tensor), (index, key)
+
+
 def test_heartbeat_telemetry_is_stored_and_served(live):
     wait_for(lambda: ready(live, "served"), timeout=90, what="served ready")
 

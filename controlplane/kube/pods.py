@@ -18,7 +18,8 @@ Decisions (docs/kubernetes.md, "Executor", explains them to operators):
   Pod is pinned with ``spec.nodeName`` and asks for ``nvidia.com/gpu`` = the Workload's
   GPU count; the device plugin chooses which GPUs (Flotilla's indices are accounting).
 - **Restart policy** follows the supervisor: serve ``Always``; train ``OnFailure``
-  (a crash restarts it: from step 0 until checkpoints are written; exit 0 is done).
+  (a crash restarts it; exit 0 is done). The Pod gets no FLOTILLA_CHECKPOINT_DIR, so the
+  training runtime refuses a checkpoint policy there (docs/kubernetes.md).
 - **Collected by label, held by a finalizer.** Flotilla objects are not Kubernetes
   objects, so a Pod cannot carry an ownerReference to its Workload. Pods are labelled
   ``flotilla.dev/workload-uid``; one whose Workload is gone is deleted. A Workload gets

@@ -7,19 +7,8 @@ import argparse
 import sys
 from typing import Any
 
+from agents.runtimes.bench_args import positive_counts
 from agents.runtimes.serve.bench_cache_workload import WorkloadSettings
-
-
-def _counts(text: str) -> tuple[int, ...]:
-    try:
-        counts = tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"--replicas must be integers separated by commas, got {text!r}"
-        ) from None
-    if not counts or min(counts) < 1:
-        raise argparse.ArgumentTypeError("--replicas counts must be >= 1")
-    return counts
 
 
 def settings_of(args: argparse.Namespace) -> Any:
@@ -111,7 +100,9 @@ def add_parser(benches: Any) -> argparse.ArgumentParser:
         "configuration (same seed, same arrivals), and compare TTFT, throughput and hit rate with "
         "round-robin without a cache; the simulator predicts each from the same trace.",
     )
-    parser.add_argument("--replicas", type=_counts, default=(2, 4), help="replica counts, e.g. 2,4")
+    parser.add_argument(
+        "--replicas", type=positive_counts("--replicas"), default=(2, 4), help="replica counts, e.g. 2,4"
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda (passed to the replicas)")
     parser.add_argument(
         "--quick", action="store_true", help="a small smoke run of fixed small settings (the tests use it)"

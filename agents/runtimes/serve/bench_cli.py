@@ -6,17 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-
-def _levels(text: str) -> tuple[int, ...]:
-    try:
-        levels = tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"--concurrency must be integers separated by commas, got {text!r}"
-        ) from None
-    if not levels or min(levels) < 1:
-        raise argparse.ArgumentTypeError("--concurrency levels must be >= 1")
-    return levels
+from agents.runtimes.bench_args import positive_counts
 
 
 def handle(args: argparse.Namespace) -> int:
@@ -33,7 +23,9 @@ def add_parser(benches: Any) -> argparse.ArgumentParser:
         description="Continuous batching vs one request at a time, on the same model.",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--concurrency", type=_levels, default=(1, 8, 32), help="levels, e.g. 1,8,32")
+    parser.add_argument(
+        "--concurrency", type=positive_counts("--concurrency"), default=(1, 8, 32), help="levels, e.g. 1,8,32"
+    )
     parser.add_argument("--requests", type=int, default=32, help="requests per level and server")
     parser.add_argument("--prompt-tokens", type=int, default=32)
     parser.add_argument("--max-tokens", type=int, default=32)

@@ -7,17 +7,7 @@ import argparse
 import sys
 from typing import Any
 
-
-def _counts(text: str) -> tuple[int, ...]:
-    try:
-        counts = tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"--every must be integers separated by commas, got {text!r}"
-        ) from None
-    if not counts or min(counts) < 1:
-        raise argparse.ArgumentTypeError("--every values must be >= 1")
-    return counts
+from agents.runtimes.bench_args import positive_counts
 
 
 def settings_of(args: argparse.Namespace) -> Any:
@@ -151,7 +141,9 @@ def add_parser(benches: Any) -> argparse.ArgumentParser:
         "checkpointing every N steps, and kill -9 and restart each; prints a table and JSON.",
     )
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--every", type=_counts, default=d.every, help="checkpoint intervals, e.g. 1,10")
+    parser.add_argument(
+        "--every", type=positive_counts("--every"), default=d.every, help="checkpoint intervals, e.g. 1,10"
+    )
     parser.add_argument("--steps", type=int, default=d.steps, help="training steps per run")
     parser.add_argument("--layers", type=int, default=d.layers)
     parser.add_argument("--hidden", type=int, default=d.hidden)
@@ -159,7 +151,9 @@ def add_parser(benches: Any) -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=d.batch_size)
     parser.add_argument("--seq-len", type=int, default=d.seq_len)
     parser.add_argument(
-        "--threads", type=int, help="torch threads of the training process (default: torch's)"
+        "--threads",
+        type=int,
+        help="training process's torch threads (default: on a CPU its cores minus one, on CUDA torch's)",
     )
     parser.add_argument("--quick", action="store_true", help="a small smoke run (the tests use it)")
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the JSON report here")
