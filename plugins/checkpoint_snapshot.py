@@ -298,8 +298,8 @@ class Snapshotter:
                 handle._add(_failed(handle, self.levels[0].name, exc))
                 return
             for rank, level in enumerate(self.levels):
-                if rank and index % level.every:
-                    continue
+                if rank and index % level.every and not snapshot.final:
+                    continue  # not this one's turn at this level; the run's last state goes everywhere
                 meta = {**self.meta, "level": level.name}
                 try:
                     if written is None:  # the first level, or every level before failed: write

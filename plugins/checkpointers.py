@@ -22,6 +22,7 @@ by the modules that touch tensors, so the control plane loads these plugins with
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -127,11 +128,12 @@ def _restore(levels: list[Path], target: CheckpointTarget) -> TrainingState | No
     """The newest checkpoint that verifies and loads; each one passed over is noted."""
 
     def skipped(path: Path, why: str) -> None:
-        target.notes.append(f"skipped {path}: {why}")
+        target.rejected.append((str(path), why))
 
+    started = time.monotonic()
     for found in files.verified(levels, skipped):
         try:
-            return files.load(found)
+            return files.load(found, started)
         except Exception as exc:  # checksums match but torch cannot read it: still not loadable
             skipped(found.path, f"unloadable ({type(exc).__name__}: {exc})")
     return None

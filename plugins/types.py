@@ -324,6 +324,12 @@ class TrainingState:
     rng: dict[str, Any] = field(default_factory=dict)
     # Where the data stream is, so a restored job does not see the same batches again.
     data: dict[str, Any] = field(default_factory=dict)
+    # The run's last state: a multi-level checkpointer writes it to every level, so the job's
+    # result is durable however its levels are spaced.
+    final: bool = False
+    # Set by ``restore``: where this state was found (level, path, bytes; ``seconds`` to find,
+    # verify and load it). None for a state the runtime captured.
+    origin: CheckpointRecord | None = None
 
 
 @dataclass
@@ -332,14 +338,15 @@ class CheckpointTarget:
 
     A multi-level checkpointer snapshots to ``local_dir`` and copies on to
     ``durable_dir`` (which survives losing the node); a plain one writes to either.
-    ``notes`` is where ``restore`` says what the runtime should report: each checkpoint it
-    passed over because it did not verify (a plain list, so the contract stays plain data).
+    ``rejected`` is where ``restore`` says what the runtime should report: each checkpoint it
+    passed over, as (path, why), because it did not verify or load (plain data, so the
+    contract stays plain).
     """
 
     owner: str  # "TrainingJob/name"
     local_dir: str
     durable_dir: str | None = None
-    notes: list[str] = field(default_factory=list)
+    rejected: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass

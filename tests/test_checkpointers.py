@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -246,7 +247,7 @@ def test_newest_skips_a_damaged_checkpoint_saying_why_and_returns_the_previous_g
     assert reason in notes[0][1]
 
 
-def test_restore_notes_the_skipped_checkpoint_on_the_target_and_loads_the_previous_one(tmp_path):
+def test_restore_names_the_skipped_checkpoint_on_the_target_and_loads_the_previous_one(tmp_path):
     target = target_in(tmp_path)
     params = Blocking.Params()
     first = a_state(1)
@@ -255,8 +256,8 @@ def test_restore_notes_the_skipped_checkpoint_on_the_target_and_loads_the_previo
     flip_a_byte(Path(second.records()[0].path))
 
     assert_restored(Blocking().restore(target=target, params=params), first)
-    (note,) = target.notes
-    assert "step-00000002" in note and "checksum" in note
+    ((path, why),) = target.rejected
+    assert path.endswith("step-00000002") and "checksum" in why
 
 
 def test_a_checkpoint_that_verifies_but_does_not_load_is_skipped_too(tmp_path, monkeypatch):
@@ -266,15 +267,15 @@ def test_a_checkpoint_that_verifies_but_does_not_load_is_skipped_too(tmp_path, m
     Blocking().save(state=a_state(2), target=target, params=params)
     real_load = files.load
 
-    def load(found: files.Found) -> TrainingState:
+    def load(found: files.Found, started: float | None = None) -> TrainingState:
         if found.step == 2:
             raise RuntimeError("weights_only refused it")
-        return real_load(found)
+        return real_load(found, started)
 
     monkeypatch.setattr(files, "load", load)
 
     assert Blocking().restore(target=target, params=params).step == 1
-    assert "unloadable" in target.notes[0]
+    assert "unloadable" in target.rejected[0][1]
 
 
 # --- each plugin restores exactly what it saved ------------------------------------------------
@@ -305,7 +306,7 @@ def test_restore_returns_exactly_what_each_plugin_saved(tmp_path, name):
 
     assert records and all(r.error is None and r.step == 3 and r.bytes > 0 for r in records)
     assert_restored(plugin.restore(target=target, params=params), saved)
-    assert target.notes == []
+    assert target.rejected == []
 
 
 def test_a_restored_state_loads_back_into_a_fresh_model_and_optimizer_and_trains_identically(tmp_path):
@@ -416,7 +417,7 @@ def test_memory_snapshot_restores_the_newest_over_both_levels(tmp_path):
     for path in files.listing(memory):
         flip_a_byte(path)
     assert_restored(plugin.restore(target=target, params=params), states[1])  # from durable
-    assert len(target.notes) == 2
+    assert len(target.rejected) == 2
 
 
 def test_the_memory_level_directory_is_private_to_its_owner(tmp_path):
@@ -793,3 +794,27 @@ def test_a_checkpoint_directory_is_readable_by_its_owner_only(tmp_path):
 
     assert os.stat(level).st_mode & 0o777 == 0o700
     assert os.stat(level.parent).st_mode & 0o777 == 0o700
+
+
+def test_a_restored_state_says_where_it_was_found(tmp_path):
+    target = target_in(tmp_path)
+    params = Blocking.Params()
+    saved = Blocking().save(state=a_state(4), target=target, params=params).records()[0]
+
+    origin = Blocking().restore(target=target, params=params).origin
+    assert (origin.step, origin.level, origin.path, origin.bytes) == (4, "local", saved.path, saved.bytes)
+    assert origin.seconds > 0 and origin.completed_at > 0
+
+
+def test_the_runs_last_state_reaches_every_level_whatever_durable_every_says(tmp_path):
+    plugin, target = MemorySnapshot(), target_in(tmp_path)
+    params = MemorySnapshot.Params(path=str(tmp_path / "memory"), durableEvery=100)
+    first = plugin.save(state=a_state(1), target=target, params=params)
+    assert first.wait(30)
+    middle = plugin.save(state=a_state(2), target=target, params=params)
+    assert middle.wait(30)
+    last = plugin.save(state=replace(a_state(3), final=True), target=target, params=params)
+    assert last.wait(30)
+
+    assert [r.level for r in middle.records()] == ["memory"]  # not its turn at the durable level
+    assert [r.level for r in last.records()] == ["memory", "durable"]

@@ -77,8 +77,9 @@ def test_an_applied_deployment_gets_workloads_and_is_scheduled_within_seconds(li
 
 def test_applying_the_same_document_again_is_unchanged_and_keeps_the_generation(live):
     apply(live, deployment("e2e-same", replicas=1))
-    wait_for(lambda: scheduled(live, "e2e-same"), what="Scheduled")
-    before = live.client.get("deployments", "e2e-same")
+    # converged, not only Scheduled: a controller's status write in between would move the
+    # resourceVersion that this test checks apply leaves alone (seen on a loaded machine)
+    before = wait_for(lambda: converged(live, "e2e-same"), what="Ready and converged")
     results = apply(live, deployment("e2e-same", replicas=1))
     assert results[0]["action"] == "unchanged"
     after = live.client.get("deployments", "e2e-same")

@@ -211,7 +211,7 @@ def test_a_training_job_killed_with_sigkill_resumes_from_its_checkpoint_and_ends
     status = document["status"]
     assert status["restoredFrom"]["step"] >= 5 and status["lastCheckpoint"]["step"] == steps
     assert condition(document, "Checkpointed") == "True"
-    reasons = {e["reason"] for e in live.client.events("trainingjobs", "resumed-train")["items"]}
+    reasons = {e["reason"] for e in live.client.events("trainingjobs", "resumed-train", limit=1000)["items"]}
     assert {"Resumed", "Checkpointed"} <= reasons
 
     # the same config, never killed

@@ -20,8 +20,8 @@ one after the other, and is measured from the runtime's own event lines:
   (right after the kill on the same node); tmpfs has no colder state.
 
 The default model (2 layers × 1024 hidden, 23.7 M parameters, 272 MB of fp32 weights and
-AdamW state) with batches of 8 × 128 tokens is sized so that a blocking save takes about
-as long as a training step on a 2-core CPU; ``--layers``/``--hidden``/``--batch-size``
+AdamW state) with batches of 4 × 128 tokens is sized so that a blocking save takes about
+as long as a one-thread training step on a 2-core CPU; ``--layers``/``--hidden``/``--batch-size``
 change it. On a CPU the training process gets one thread fewer than the cores
 (``train_threads``), for every configuration alike.
 """
@@ -62,7 +62,7 @@ class BenchSettings:
     intermediate: int = 2752
     heads: int = 8
     kv_heads: int = 4
-    batch_size: int = 8
+    batch_size: int = 4
     seq_len: int = 128
     threads: int | None = None  # torch threads of the training process; None: see train_threads
     durable_every: int = 5  # memory-snapshot's M

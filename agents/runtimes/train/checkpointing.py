@@ -31,7 +31,6 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from agents.runtimes.plugin_choice import PluginChoice
 
 DIR_ENV = "FLOTILLA_CHECKPOINT_DIR"
 OWNER_ENV = "FLOTILLA_CHECKPOINT_OWNER"
@@ -78,7 +77,7 @@ class Trainee:
     device: torch.device
 
 
-def capture(trainee: Trainee, step: int, batch_size: int, seq_len: int) -> TrainingState:
+def capture(trainee: Trainee, step: int, batch_size: int, seq_len: int, final: bool = False) -> TrainingState:
     """The state after ``step``'s optimizer step. Model and optimizer tensors are the live ones,
     not copies: an asynchronous checkpointer copies them itself before the next update."""
     import torch
@@ -92,6 +91,7 @@ def capture(trainee: Trainee, step: int, batch_size: int, seq_len: int) -> Train
         optimizer=trainee.optimizer.state_dict(),
         rng=rng,
         data={"batchesDrawn": step, "batchSize": batch_size, "seqLen": seq_len},
+        final=final,
     )
 
 
@@ -127,9 +127,10 @@ def restore(
     state: TrainingState | None = None
     if choice is not None and target is not None:
         state = choice.impl.restore(target=target, params=choice.params)
-        rejected = _report_rejections(target, reporter)
+        _report_rejections(target, reporter)
         if state is not None:
-            level, path = _locate(choice, target, state.step, rejected)
+            origin = state.origin
+            level, path = (origin.level, origin.path) if origin is not None else ("unknown", "")
             try:
                 apply(trainee, state)
             except ValueError as exc:
@@ -149,47 +150,12 @@ def restore(
     return state.step
 
 
-def _report_rejections(target: CheckpointTarget, reporter: Reporter) -> set[str]:
-    """One ``checkpointRejected`` per note (``"skipped PATH: REASON"``); the paths rejected."""
-    rejected = set()
-    for note in target.notes:
-        path, _, reason = note.removeprefix("skipped ").partition(": ")
-        if not reason:
-            path, reason = "", note
-        rejected.add(path)
+def _report_rejections(target: CheckpointTarget, reporter: Reporter) -> None:
+    """One ``checkpointRejected`` per checkpoint the plugin passed over."""
+    for path, reason in target.rejected:
         reporter.emit("checkpointRejected", path=path, reason=reason)
-        reporter.log(f"checkpoint rejected: {note}")
-    target.notes.clear()
-    return rejected
-
-
-def _locate(choice: PluginChoice, target: CheckpointTarget, step: int, rejected: set[str]) -> tuple[str, str]:
-    """Level and path of the checkpoint ``restore`` returned, for the ``restored`` event.
-
-    Why a search: the contract's ``restore`` returns the state alone. The built-ins write one
-    format, so the step's directory is found in the levels the plugin names (``levels``, where
-    it has one) or in its ``path``/the target's directories, skipping any the plugin rejected.
-    """
-    own = Path(target.durable_dir or target.local_dir)
-    dirs: list[Path] = []
-    levels = getattr(choice.impl, "levels", None)
-    if callable(levels):
-        try:
-            dirs += [Path(level.path) for level in levels(target, choice.params)]
-        except Exception:  # noqa: BLE001, S110 -- only a label for an event
-            pass
-    base = getattr(choice.params, "path", None)
-    dirs += [own if not isinstance(base, str) else Path(base) / own.name, Path(target.local_dir)]
-    for level_dir in dirs:
-        candidate = level_dir / files.checkpoint_name(step)
-        if str(candidate) in rejected:
-            continue
-        try:
-            manifest = files.read_manifest(candidate)
-        except files.CorruptCheckpoint:
-            continue
-        return str(manifest.get("level", "local")), str(candidate)
-    return "unknown", ""
+        reporter.log(f"checkpoint rejected: {path}: {reason}")
+    target.rejected.clear()
 
 
 def _resume_from(config: TrainConfig, trainee: Trainee) -> tuple[TrainingState, str, str, str]:

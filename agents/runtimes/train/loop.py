@@ -145,7 +145,7 @@ def train(
         checkpoints.before_update()  # a save still copying tensors finishes before they change
         optimizer.step()
         if checkpoints.due(step):
-            checkpoints.save(capture(trainee, step, config.batchSize, seq_len))
+            checkpoints.save(capture(trainee, step, config.batchSize, seq_len, final=step == config.steps))
         checkpoints.poll()
         if reporter.wants(step) or stop.signal is not None:
             loss_value = loss.item()
