@@ -67,6 +67,7 @@ class BenchSettings:
     threads: int | None = None  # torch threads of the training process; None: see train_threads
     durable_every: int = 5  # memory-snapshot's M
     kill_after: int = 4  # recovery runs are killed once this step's checkpoint is written
+    repeats: int = 2  # runs of each configuration, interleaved
     quick: bool = False
 
     def model(self) -> dict[str, Any]:
@@ -110,6 +111,7 @@ def quick_settings(settings: BenchSettings) -> BenchSettings:
         threads=settings.threads,
         durable_every=2,
         kill_after=2,
+        repeats=1,
         quick=True,
     )
 
@@ -255,6 +257,32 @@ def summarize(run: Run, plugin: str, settings: BenchSettings, memory_dir: Path) 
     }
 
 
+def combine(
+    runs: dict[tuple[str, int], list[dict[str, Any]]], everies: tuple[int, ...]
+) -> list[dict[str, Any]]:
+    """One result per (plugin, every): the mean over its runs of each figure, the runs' step
+    times kept, and the step-time overhead against the run without a checkpointer."""
+    results = []
+    for every in everies:
+        baseline: float | None = None
+        for plugin in PLUGINS:
+            mine = runs[(plugin, every)]
+            result: dict[str, Any] = {"plugin": plugin, "everySteps": every, "runs": len(mine)}
+            for key, value in mine[0].items():
+                values = [run[key] for run in mine if run[key] is not None]
+                if isinstance(value, int | float) and not isinstance(value, bool) and values:
+                    result[key] = round(statistics.fmean(values), 3)
+                else:
+                    result[key] = value
+            result["stepMsRuns"] = [run["stepMsMean"] for run in mine]
+            baseline = baseline or result["stepMsMean"]
+            result["stepOverhead"] = (
+                round(result["stepMsMean"] / baseline - 1, 4) if result["stepMsMean"] and baseline else None
+            )
+            results.append(result)
+    return results
+
+
 def evict_page_cache(root: Path) -> int:
     """Drop the cached pages of every file under ``root`` (they were fsynced, so they are
     clean and can go); the bytes asked to drop."""
@@ -314,38 +342,35 @@ def run_bench(settings: BenchSettings, say: Progress) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="flotilla-bench-checkpoint-"))
     memory_root = Path(tempfile.mkdtemp(prefix="flotilla-bench-", dir=MEMORY_ROOT))
     try:
-        for every in settings.every:
-            baseline: dict[str, Any] | None = None
-            for plugin in PLUGINS:
-                workdir, memory_dir = root / f"{plugin}-{every}", memory_root / f"{plugin}-{every}"
-                workdir.mkdir()
-                say(f"[every {every}] {plugin}: {settings.steps} steps ...")
-                run = run_training(
-                    train_config(settings, plugin, every, settings.steps, memory_dir), workdir, settings
-                )
-                if run.exit_code != 0:
-                    raise RuntimeError(
-                        f"{plugin} (every {every}) exited {run.exit_code}; see {workdir}/train.log"
+        runs: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        for repeat in range(settings.repeats):  # interleaved, so drift of the host hits all alike
+            for every in settings.every:
+                for plugin in PLUGINS:
+                    workdir, memory_dir = (
+                        root / f"{plugin}-{every}-{repeat}",
+                        memory_root / f"{plugin}-{every}",
                     )
-                result = {
-                    "plugin": plugin,
-                    "everySteps": every,
-                    **summarize(run, plugin, settings, memory_dir),
-                }
-                baseline = baseline or result
-                result["stepOverhead"] = (
-                    round(result["stepMsMean"] / baseline["stepMsMean"] - 1, 4)
-                    if result["stepMsMean"] and baseline["stepMsMean"]
-                    else None
-                )
-                results.append(result)
-                say(
-                    f"  step {result['stepMsMean']} ms (overhead {result['stepOverhead']}), stall "
-                    f"{result['stallMsMean']} ms, {result['checkpoints']} checkpoints, durable after "
-                    f"{result['durableLatencySMean']} s, host memory {result['hostMemoryMB']} MB"
-                )
-                shutil.rmtree(workdir, ignore_errors=True)
-                shutil.rmtree(memory_dir, ignore_errors=True)
+                    workdir.mkdir()
+                    say(
+                        f"[every {every}, run {repeat + 1}/{settings.repeats}] {plugin}: "
+                        f"{settings.steps} steps ..."
+                    )
+                    config = train_config(settings, plugin, every, settings.steps, memory_dir)
+                    run = run_training(config, workdir, settings)
+                    if run.exit_code != 0:
+                        raise RuntimeError(
+                            f"{plugin} (every {every}) exited {run.exit_code}; see {workdir}/train.log"
+                        )
+                    figures = summarize(run, plugin, settings, memory_dir)
+                    runs.setdefault((plugin, every), []).append(figures)
+                    say(
+                        f"  step {figures['stepMsMean']} ms, stall {figures['stallMsMean']} ms, "
+                        f"{figures['checkpoints']} checkpoints, durable after "
+                        f"{figures['durableLatencySMean']} s, host memory {figures['hostMemoryMB']} MB"
+                    )
+                    shutil.rmtree(workdir, ignore_errors=True)
+                    shutil.rmtree(memory_dir, ignore_errors=True)
+        results = combine(runs, settings.every)
         for plugin in PLUGINS[1:]:
             workdir, memory_dir = root / f"recovery-{plugin}", memory_root / f"recovery-{plugin}"
             workdir.mkdir()

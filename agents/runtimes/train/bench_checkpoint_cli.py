@@ -20,10 +20,13 @@ def settings_of(args: argparse.Namespace) -> Any:
         layers=args.layers,
         hidden=args.hidden,
         intermediate=args.intermediate,
+        repeats=args.repeats,
         batch_size=args.batch_size,
         seq_len=args.seq_len,
         threads=args.threads,
     )
+    if settings.repeats < 1:
+        raise ValueError("--repeats must be >= 1")
     if settings.steps <= settings.warmup + 2:
         raise ValueError(f"--steps must be more than {settings.warmup + 2} (warm-up steps are not counted)")
     return quick_settings(settings) if args.quick else settings
@@ -44,7 +47,7 @@ def format_tables(report: dict[str, Any]) -> str:
         [
             r["plugin"],
             str(r["everySteps"]),
-            _cell(r["stepMsMean"]),
+            f"{_cell(r['stepMsMean'])} ({', '.join(_cell(v) for v in r['stepMsRuns'])})",
             _cell(r["stepOverhead"], "%"),
             _cell(r["stallMsMean"]),
             f"{r['checkpoints']}/{r['skipped']}/{r['failed']}",
@@ -57,7 +60,7 @@ def format_tables(report: dict[str, Any]) -> str:
     headers = [
         "CHECKPOINTER",
         "EVERY",
-        "STEP MS",
+        "STEP MS (EACH RUN)",
         "OVERHEAD",
         "STALL MS",
         "DONE/SKIP/FAIL",
@@ -154,6 +157,9 @@ def add_parser(benches: Any) -> argparse.ArgumentParser:
         "--threads",
         type=int,
         help="training process's torch threads (default: on a CPU its cores minus one, on CUDA torch's)",
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=d.repeats, help="runs of each configuration, interleaved"
     )
     parser.add_argument("--quick", action="store_true", help="a small smoke run (the tests use it)")
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the JSON report here")
