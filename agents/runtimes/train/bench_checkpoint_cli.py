@@ -37,6 +37,8 @@ def _cell(value: Any, suffix: str = "") -> str:
         return "-"
     if suffix == "%":
         return f"{value * 100:+.1f}%"
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # a count averaged over runs that agree
     return f"{value:g}{suffix}" if isinstance(value, float) else f"{value}{suffix}"
 
 
@@ -50,7 +52,7 @@ def format_tables(report: dict[str, Any]) -> str:
             f"{_cell(r['stepMsMean'])} ({', '.join(_cell(v) for v in r['stepMsRuns'])})",
             _cell(r["stepOverhead"], "%"),
             _cell(r["stallMsMean"]),
-            f"{r['checkpoints']}/{r['skipped']}/{r['failed']}",
+            "/".join(_cell(r[key]) for key in ("checkpoints", "skipped", "failed")),
             _cell(r["durableLatencySMean"]),
             _cell(r["checkpointBytes"] and round(r["checkpointBytes"] / 2**20, 1)),
             _cell(r["hostMemoryMB"]),
