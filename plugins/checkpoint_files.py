@@ -28,6 +28,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -191,8 +192,7 @@ def write(
 
     started = time.monotonic()
     final = make_level(level_dir) / checkpoint_name(state.step)
-    staging = _staging(level_dir, final)
-    try:
+    with _building(level_dir, final) as staging:
         shards = []
         for name, part in split_state(state).items():
             with open(staging / f"{name}.pt", "wb") as handle:
@@ -205,12 +205,21 @@ def write(
                            "sha256": writer.digest.hexdigest()})  # fmt: skip
         _write_manifest(staging, state.step, shards, meta, durable)
         _publish(staging, final, durable)
+    return _record(final, state.step, shards, meta, time.monotonic() - started)
+
+
+@contextmanager
+def _building(level_dir: Path, final: Path) -> Iterator[Path]:
+    """A staging directory for ``final``'s checkpoint: removed if the build fails, and no
+    longer counted as in flight once the build is done either way."""
+    staging = _staging(level_dir, final)
+    try:
+        yield staging
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     finally:
         _released(staging)
-    return _record(final, state.step, shards, meta, time.monotonic() - started)
 
 
 def copy(source: Path, level_dir: Path, meta: dict[str, Any], *, durable: bool = True) -> CheckpointRecord:
@@ -220,8 +229,7 @@ def copy(source: Path, level_dir: Path, meta: dict[str, Any], *, durable: bool =
     manifest = read_manifest(source)
     step = int(manifest["step"])
     final = make_level(level_dir) / checkpoint_name(step)
-    staging = _staging(level_dir, final)
-    try:
+    with _building(level_dir, final) as staging:
         for shard in manifest["shards"]:
             digest = hashlib.sha256()
             size = 0
@@ -237,11 +245,6 @@ def copy(source: Path, level_dir: Path, meta: dict[str, Any], *, durable: bool =
                 raise CorruptCheckpoint(f"{source}: {shard['file']} changed while it was copied")
         _write_manifest(staging, step, manifest["shards"], {**manifest, **meta}, durable)
         _publish(staging, final, durable)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    finally:
-        _released(staging)
     return _record(final, step, manifest["shards"], meta, time.monotonic() - started)
 
 

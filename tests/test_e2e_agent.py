@@ -177,7 +177,7 @@ def test_a_training_job_killed_with_sigkill_resumes_from_its_checkpoint_and_ends
 
     from plugins import checkpoint_files as files
 
-    steps = 1500
+    steps = 600
     job = {
         "apiVersion": "flotilla.dev/v1",
         "kind": "TrainingJob",
@@ -281,7 +281,8 @@ def test_a_deployment_with_a_cache_policy_is_served_through_its_router_to_the_op
     client = openai.OpenAI(base_url=f"{url}/v1", api_key=ROUTER_KEY, max_retries=0, timeout=60)
     model = client.models.list().data[0].id
     system = "You are a terse assistant. " * 8
-    completion = client.completions.create(model=model, prompt=system + "Hi", max_tokens=4)
+    # greedy: sampled at temperature 1, the random-weight model ends early on EOS now and then
+    completion = client.completions.create(model=model, prompt=system + "Hi", max_tokens=4, temperature=0)
     assert completion.usage.completion_tokens == 4
     messages = [{"role": "system", "content": system}, {"role": "user", "content": "Hello"}]
     chat = client.chat.completions.create(model=model, messages=messages, max_tokens=4, user="s-1")

@@ -68,6 +68,7 @@ class BenchSettings:
     durable_every: int = 5  # memory-snapshot's M
     kill_after: int = 4  # recovery runs are killed once this step's checkpoint is written
     repeats: int = 2  # runs of each configuration, interleaved
+    plugins: tuple[str, ...] = PLUGINS  # "none" first: the baseline
     quick: bool = False
 
     def model(self) -> dict[str, Any]:
@@ -112,6 +113,7 @@ def quick_settings(settings: BenchSettings) -> BenchSettings:
         durable_every=2,
         kill_after=2,
         repeats=1,
+        plugins=settings.plugins,
         quick=True,
     )
 
@@ -258,14 +260,14 @@ def summarize(run: Run, plugin: str, settings: BenchSettings, memory_dir: Path) 
 
 
 def combine(
-    runs: dict[tuple[str, int], list[dict[str, Any]]], everies: tuple[int, ...]
+    runs: dict[tuple[str, int], list[dict[str, Any]]], everies: tuple[int, ...], plugins: tuple[str, ...]
 ) -> list[dict[str, Any]]:
     """One result per (plugin, every): the mean over its runs of each figure, the runs' step
     times kept, and the step-time overhead against the run without a checkpointer."""
     results = []
     for every in everies:
         baseline: float | None = None
-        for plugin in PLUGINS:
+        for plugin in plugins:
             mine = runs[(plugin, every)]
             result: dict[str, Any] = {"plugin": plugin, "everySteps": every, "runs": len(mine)}
             for key, value in mine[0].items():
@@ -314,6 +316,8 @@ def recovery(
     killed = run_training(config, workdir, settings, kill_at)
     out: dict[str, Any] = {"killedAtExit": killed.exit_code}
     states = ("cold", "warm") if plugin != "memory-snapshot" else ("memory",)
+    if settings.quick:
+        states = states[:1]  # a smoke test: one restart each
     for state in states:
         if state == "cold":
             out["evictedMB"] = round(evict_page_cache(workdir / "checkpoints") / 2**20, 1)
@@ -345,7 +349,7 @@ def run_bench(settings: BenchSettings, say: Progress) -> dict[str, Any]:
         runs: dict[tuple[str, int], list[dict[str, Any]]] = {}
         for repeat in range(settings.repeats):  # interleaved, so drift of the host hits all alike
             for every in settings.every:
-                for plugin in PLUGINS:
+                for plugin in settings.plugins:
                     workdir, memory_dir = (
                         root / f"{plugin}-{every}-{repeat}",
                         memory_root / f"{plugin}-{every}",
@@ -370,8 +374,8 @@ def run_bench(settings: BenchSettings, say: Progress) -> dict[str, Any]:
                     )
                     shutil.rmtree(workdir, ignore_errors=True)
                     shutil.rmtree(memory_dir, ignore_errors=True)
-        results = combine(runs, settings.every)
-        for plugin in PLUGINS[1:]:
+        results = combine(runs, settings.every, settings.plugins)
+        for plugin in settings.plugins[1:]:
             workdir, memory_dir = root / f"recovery-{plugin}", memory_root / f"recovery-{plugin}"
             workdir.mkdir()
             say(f"[recovery] {plugin}: kill -9 after step {settings.kill_after}'s checkpoint, then restart")

@@ -10,6 +10,16 @@ from typing import Any
 from agents.runtimes.bench_args import positive_counts
 
 
+def _plugins(text: str) -> tuple[str, ...]:
+    from agents.runtimes.train.bench_checkpoint import PLUGINS
+
+    chosen = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = sorted(set(chosen) - set(PLUGINS))
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(f"--plugins takes names from {', '.join(PLUGINS)}; got {text!r}")
+    return ("none", *(name for name in PLUGINS[1:] if name in chosen))
+
+
 def settings_of(args: argparse.Namespace) -> Any:
     from agents.runtimes.train.bench_checkpoint import BenchSettings, quick_settings
 
@@ -21,6 +31,7 @@ def settings_of(args: argparse.Namespace) -> Any:
         hidden=args.hidden,
         intermediate=args.intermediate,
         repeats=args.repeats,
+        plugins=args.plugins,
         batch_size=args.batch_size,
         seq_len=args.seq_len,
         threads=args.threads,
@@ -162,6 +173,12 @@ def add_parser(benches: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--repeats", type=int, default=d.repeats, help="runs of each configuration, interleaved"
+    )
+    parser.add_argument(
+        "--plugins",
+        type=_plugins,
+        default=d.plugins,
+        help="checkpointers to measure, comma-separated (default: all; none always runs first)",
     )
     parser.add_argument("--quick", action="store_true", help="a small smoke run (the tests use it)")
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the JSON report here")
