@@ -34,6 +34,7 @@ from typing import Any
 import httpx
 
 from common.ports import free_port
+from common.specs import CHECKPOINTS_KEPT, REJECTED_CHECKPOINTS_KEPT, STEP_TIMES_KEPT
 
 log = logging.getLogger("flotilla.agent.supervisor")
 RUNTIMES = {"serve", "train", "route"}
@@ -41,10 +42,6 @@ RUNTIMES = {"serve", "train", "route"}
 HTTP_RUNTIMES = {"serve", "route"}
 LOG_TAIL_LINES = 20
 MAX_BACKOFF = 60.0
-# What a training Workload's status keeps of its runtime's checkpoint and step-time events.
-CHECKPOINTS_KEPT = 20
-REJECTED_KEPT = 10
-STEP_TIMES_KEPT = 200
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
@@ -68,7 +65,7 @@ class TrainingHistory:
     what its earlier runs saved, and its step times on either side of the restart."""
 
     checkpoints: deque = field(default_factory=lambda: deque(maxlen=CHECKPOINTS_KEPT))
-    rejected: deque = field(default_factory=lambda: deque(maxlen=REJECTED_KEPT))
+    rejected: deque = field(default_factory=lambda: deque(maxlen=REJECTED_CHECKPOINTS_KEPT))
     step_times: deque = field(default_factory=lambda: deque(maxlen=STEP_TIMES_KEPT))
     restored_from: dict[str, Any] | None = None
 

@@ -391,6 +391,11 @@ MAX_DEVICES = 256
 # no board takes a limit this high, so a bigger number is a unit mistake (milliwatts for watts).
 MAX_POWER_LIMIT_WATTS = 10_000.0
 MAX_POWER_ERROR_CHARS = 1000
+# How much checkpoint history a training Workload's status and its TrainingJob's keep: the
+# agent (agents/supervisor.py) and the controller (controllers/checkpoints.py) cut alike.
+CHECKPOINTS_KEPT = 20
+REJECTED_CHECKPOINTS_KEPT = 10
+STEP_TIMES_KEPT = 200
 
 
 class Metadata(Spec):

@@ -27,15 +27,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from common.specs import TrainingJobSpec
+from common.specs import CHECKPOINTS_KEPT, REJECTED_CHECKPOINTS_KEPT, STEP_TIMES_KEPT, TrainingJobSpec
 from controlplane import events
 from controlplane.conditions import set_condition
 from controlplane.controllers.workload_config import SOURCE
 from controlplane.models import Resource
 
-CHECKPOINTS_KEPT = 20
-REJECTED_KEPT = 10
-STEP_TIMES_KEPT = 200
 MEMORY_LEVEL = "memory"  # the one level that does not survive the process
 EVENTS_PER_PASS = 3  # at most this many Checkpointed events per pass; the last one counts the rest
 RECORD_KEYS = ("step", "level", "path", "bytes", "seconds", "completedAt")
@@ -160,4 +157,4 @@ def _follow_restores(owner: Resource, status: dict[str, Any], workloads: list[Re
                 message = f"{rejected.get('path')} was not loaded: {rejected.get('reason')}"
                 events.record(owner, "CheckpointRejected", message, type_="Warning", source=SOURCE)
     if known:
-        status["rejectedCheckpoints"] = known[-REJECTED_KEPT:]
+        status["rejectedCheckpoints"] = known[-REJECTED_CHECKPOINTS_KEPT:]
