@@ -75,6 +75,13 @@ class Agent:
             node_name=self.name,
             control_plane=self.control_plane,
         )
+        # Simulated boards report the power range a real one would (NVML's constraints),
+        # which the control plane's power-cap controller clamps to.
+        for device in self.devices:
+            span = power.simulated_range(device) if device.get("simulated") else None
+            if span is not None:
+                device.setdefault("powerLimitRangeW", list(span))
+                device.setdefault("defaultPowerLimitW", span[1])
         self.power = power.make_backend(
             self.power_backend, self.devices, confirm=self.power_backend == "nvml"
         )

@@ -87,6 +87,15 @@ class OffBackend:
         return observed
 
 
+def simulated_range(device: dict[str, Any]) -> tuple[float, float] | None:
+    """A simulated board's (min, max) power limit in watts: max is the type's default limit,
+    min ``PowerModel.min_limit_fraction`` of it; None for the CPU device."""
+    if device.get("type") == "CPU":
+        return None
+    top = default_limit(device)
+    return round(top * power_model(device.get("type", "")).min_limit_fraction, 1), top
+
+
 class SimulatedBackend:
     """Limits held in memory, clamped to each device's [min, max] constraint.
 
@@ -104,12 +113,8 @@ class SimulatedBackend:
             if device.get("type") == "CPU":
                 continue
             index = int(device["index"])
-            top = default_limit(device)
-            self.constraints[index] = (
-                round(top * power_model(device.get("type", "")).min_limit_fraction, 1),
-                top,
-            )
-            self._limits[index] = top
+            self.constraints[index] = simulated_range(device)  # type: ignore[assignment]
+            self._limits[index] = self.constraints[index][1]
 
     def _constraint(self, index: int) -> tuple[float, float]:
         if index not in self.constraints:

@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from cli import checkpoints
+from cli import checkpoints, cluster_power
 from common.timeutil import age, parse_rfc3339
 
 
@@ -91,6 +91,7 @@ COLUMNS: dict[str, list[Column]] = {
     ],
 }
 WIDE: dict[str, list[Column]] = {
+    "Cluster": [("POWER", cluster_power.wide_power), ("CAPPED", cluster_power.wide_capped)],
     "TrainingJob": [
         ("STEP", lambda d: str((d.get("status", {}).get("progress") or {}).get("step", "-"))),
         ("CHECKPOINT", lambda d: str((d.get("status", {}).get("lastCheckpoint") or {}).get("step", "-"))),
@@ -172,12 +173,15 @@ def describe(document: dict[str, Any], events: list[dict[str, Any]]) -> str:
             f"(finalizers: {', '.join(meta.get('finalizers', []))})"
         )
     lines += ["Spec:", _indent(yaml.safe_dump(document.get("spec", {}), sort_keys=False))]
-    hidden = {"conditions", *(checkpoints.SHOWN if document["kind"] == "TrainingJob" else ())}
+    shown_apart = {"TrainingJob": checkpoints.SHOWN, "Cluster": cluster_power.SHOWN}.get(document["kind"], ())
+    hidden = {"conditions", *shown_apart}
     status = {k: v for k, v in document.get("status", {}).items() if k not in hidden}
     if status:
         lines += ["Status:", _indent(yaml.safe_dump(status, sort_keys=False))]
     if document["kind"] == "TrainingJob":
         lines += checkpoints.lines(document.get("status", {}), table)
+    if document["kind"] == "Cluster":
+        lines += cluster_power.lines(document.get("spec", {}), document.get("status", {}), table)
     conditions = document.get("status", {}).get("conditions", [])
     lines.append("Conditions:")
     if conditions:

@@ -83,6 +83,31 @@ GpuType = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-
 
 # --- shared parts -----------------------------------------------------------------
 
+# Power priority (issue 13): who keeps power when a Cluster's budget is short. A name or an
+# integer 0-100; higher keeps its power longer. The power-cap controllers cap ``batch``
+# (training's default) first, ``normal`` (serving's default) next and ``critical`` last.
+PRIORITY_NAMES: dict[str, int] = {"batch": 10, "normal": 50, "critical": 100}
+PRIORITY_MAX = 100
+Priority = Annotated[
+    Annotated[int, Field(ge=0, le=PRIORITY_MAX, strict=True)] | Literal["batch", "normal", "critical"],
+    Field(
+        description="Power priority: batch, normal, critical or an integer 0-100 (higher keeps "
+        "its power longer when the Cluster's power budget is short)"
+    ),
+]
+DEFAULT_PRIORITY: dict[str, str] = {"Deployment": "normal", "TrainingJob": "batch"}
+
+
+def priority_value(value: Any, kind: str = "Deployment") -> int:
+    """The number a spec's ``priority`` stands for (its kind's default when unset or unreadable)."""
+    if value is None:
+        value = DEFAULT_PRIORITY.get(kind, "normal")
+    if isinstance(value, str):
+        return PRIORITY_NAMES.get(value, PRIORITY_NAMES["normal"])
+    if isinstance(value, int) and not isinstance(value, bool):
+        return max(0, min(PRIORITY_MAX, value))
+    return PRIORITY_NAMES["normal"]
+
 
 class ModelSource(Spec):
     source: str = Field(
@@ -282,6 +307,7 @@ class DeploymentSpec(Spec):
     runtime: ServeRuntime = Field(default_factory=ServeRuntime)
     serving: ServingSpec = Field(default_factory=ServingSpec)
     cluster: Name | None = None
+    priority: Priority = "normal"
     disaggregation: Literal["off", "auto"] = Field(
         default="off",
         description="auto: the distserve scheduler plans separate prefill and decode replicas",
@@ -306,6 +332,7 @@ class TrainingJobSpec(Spec):
     policies: TrainingPolicies = Field(default_factory=TrainingPolicies)
     runtime: TrainRuntime = Field(default_factory=TrainRuntime)
     cluster: Name | None = None
+    priority: Priority = "batch"
 
     _names = field_validator("cluster")(classmethod(lambda cls, v: _check_name(v)))
 

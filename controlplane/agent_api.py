@@ -21,7 +21,7 @@ from common.specs import MAX_DEVICES, Device, Metadata, name_problem
 from controlplane import auth, power, scopes, store
 from controlplane.apply import pydantic_problems
 from controlplane.conditions import is_true
-from controlplane.controllers import nodes
+from controlplane.controllers import nodes, powercap
 from controlplane.errors import Forbidden, Invalid
 from controlplane.http import endpoint, json_body
 from controlplane.telemetry import store as telemetry_store
@@ -144,4 +144,6 @@ def heartbeat_view(request: HttpRequest) -> dict[str, Any]:
                 telemetry_store.record(name, body["telemetry"])
         except Invalid as exc:
             answer["telemetryRejected"] = exc.body()["error"]
+        else:
+            powercap.telemetry_arrived(name)
     return answer

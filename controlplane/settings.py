@@ -236,7 +236,18 @@ else:
 
 # Celery beat: the resync catches whatever a lost message missed; the node check
 # marks nodes without a recent heartbeat NotReady.
+# Power capping (docs/powercap.md): a pass per Cluster with a budget every
+# FLOTILLA_POWERCAP_SECONDS, and on telemetry arrival at most every
+# FLOTILLA_POWERCAP_MIN_INTERVAL; a node silent for FLOTILLA_POWERCAP_STALE_SECONDS (three
+# heartbeats by default) counts as drawing its GPUs' limits.
+FLOTILLA_POWERCAP_SECONDS = envfloat("FLOTILLA_POWERCAP_SECONDS", 5.0, minimum=0.5)
+FLOTILLA_POWERCAP_MIN_INTERVAL = envfloat("FLOTILLA_POWERCAP_MIN_INTERVAL", 1.0, minimum=0.1)
+FLOTILLA_POWERCAP_STALE_SECONDS = envfloat(
+    "FLOTILLA_POWERCAP_STALE_SECONDS", 3 * max(1.0, FLOTILLA_NODE_TIMEOUT / 8), minimum=1.0
+)
+
 CELERY_BEAT_SCHEDULE = {
+    "powercap": {"task": "controlplane.tasks.powercap_all", "schedule": FLOTILLA_POWERCAP_SECONDS},
     "resync": {"task": "controlplane.tasks.resync", "schedule": FLOTILLA_RESYNC_SECONDS},
     "telemetry-downsample": {"task": "controlplane.telemetry.tasks.downsample", "schedule": 60.0},
     "check-nodes": {

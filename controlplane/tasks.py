@@ -1,4 +1,5 @@
-"""Celery tasks: reconcile one object, resync everything, check node heartbeats, measure traffic.
+"""Celery tasks: reconcile one object, resync everything, check node heartbeats, measure traffic,
+cap power.
 
 Tasks are idempotent and level-triggered, acknowledged late (a task whose
 worker dies is redelivered) and retried with jittered backoff.
@@ -68,6 +69,22 @@ def observe_traffic() -> dict[str, int]:
         if not mine:
             return {"skipped": 1}
         return observed_traffic.observe_all()
+
+
+@app.task(name="controlplane.tasks.powercap")
+def powercap(cluster: str) -> bool:
+    """One power-cap pass for ``cluster`` (sent when its nodes' telemetry arrives)."""
+    from controlplane.controllers import powercap as controller
+
+    return controller.run(cluster) is not None
+
+
+@app.task(name="controlplane.tasks.powercap_all")
+def powercap_all() -> int:
+    """A power-cap pass for every Cluster with a budget (beat, every FLOTILLA_POWERCAP_SECONDS)."""
+    from controlplane.controllers import powercap as controller
+
+    return controller.run_all()
 
 
 def _kubernetes_pass(

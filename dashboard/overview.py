@@ -15,8 +15,10 @@ from django.shortcuts import render
 from django.urls import path
 
 from controlplane import fleet
+from controlplane.conditions import get_condition
 from controlplane.models import Event, Resource
 from controlplane.telemetry import store as telemetry
+from dashboard.common import number
 from dashboard.roles import needs
 
 UNASSIGNED = "(no cluster)"
@@ -24,9 +26,9 @@ UNASSIGNED = "(no cluster)"
 
 def _clusters() -> list[dict[str, Any]]:
     view = fleet.snapshot()
-    clusters = {
-        name: spec for name, spec in Resource.objects.filter(kind="Cluster").values_list("name", "spec")
-    }
+    declared = Resource.objects.filter(kind="Cluster").values_list("name", "spec", "status")
+    clusters = {name: spec for name, spec, _ in declared}
+    statuses = {name: status for name, _, status in declared}
     by_cluster: dict[str, dict[str, Counter]] = defaultdict(lambda: defaultdict(Counter))
     nodes_in: dict[str, list[str]] = defaultdict(list)
     node_counts: dict[str, Counter] = defaultdict(Counter)
@@ -79,9 +81,25 @@ def _clusters() -> list[dict[str, Any]]:
                 "power": draw,
                 "budget": budget,
                 "power_pct": min(100.0, 100.0 * draw / budget) if budget else None,
+                **_power_status(statuses.get(cluster)),
             }
         )
     return rows
+
+
+def _power_status(status: dict[str, Any] | None) -> dict[str, Any]:
+    """The powercap controller's verdict, for a badge: PowerWithinBudget and the capped GPUs.
+
+    The full Power card is on the Cluster's page (dashboard/power.py)."""
+    status = status if isinstance(status, dict) else {}
+    condition = get_condition(status, "PowerWithinBudget") or {}
+    power = status.get("power") if isinstance(status.get("power"), dict) else {}
+    capped = number(power.get("cappedGpus"))
+    return {
+        "power_ok": condition.get("status") == "True" if condition else None,
+        "power_reason": str(condition.get("reason") or "")[:64],
+        "power_capped": int(capped) if capped is not None else None,
+    }
 
 
 def _by_condition(kind: str) -> dict[str, int]:

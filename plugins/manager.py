@@ -28,6 +28,7 @@ BUILTIN_MODULES = [
     "plugins.distserve",
     "plugins.caches",
     "plugins.checkpointers",
+    "plugins.powercaps",
 ]
 
 

@@ -438,8 +438,12 @@ class GpuPower:
     utilisation: float | None = None
     # "Kind/name" of the Workload owner using the GPU, or None when idle.
     owner: str | None = None
-    # Higher keeps its power longer when the budget is short.
+    # Higher keeps its power longer when the budget is short (common.specs.priority_value:
+    # batch 10, normal 50, critical 100; 0 for an idle GPU).
     priority: int = 0
+    # No telemetry from the node within the controller's window: ``draw_watts`` is then
+    # the GPU's current limit (the most it can draw), never zero.
+    stale: bool = False
 
 
 @dataclass

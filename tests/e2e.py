@@ -69,6 +69,7 @@ class RunningStack:
         cluster: str | None = None,
         run_workloads: bool = False,
         labels: str | None = None,
+        extra_args: tuple[str, ...] = (),
     ) -> None:
         argv = [
             sys.executable,
@@ -91,6 +92,7 @@ class RunningStack:
             argv.append("--simulate-workloads")
         if labels:
             argv += ["--labels", labels]
+        argv += list(extra_args)
         self.agents[name] = self.stack.spawn(f"agent-{name}", argv)
 
     def stop_agent(self, name: str) -> None:

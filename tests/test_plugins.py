@@ -179,10 +179,10 @@ def test_get_names_the_field_and_the_choices_for_an_unknown_plugin():
     assert excinfo.value.fix == "use one of: binpack, distserve, melange, spread"
 
 
-def test_get_says_none_when_no_plugin_of_a_kind_is_installed():
+def test_get_names_the_installed_plugins_of_the_kind_when_the_name_is_unknown():
     with pytest.raises(manager.PluginError) as excinfo:
-        manager.get("powercap", "polca")
-    assert excinfo.value.fix == "use one of: none"
+        manager.get("powercap", "nope")
+    assert excinfo.value.fix == "use one of: none, polca, static"
 
 
 def test_flotilla_plugins_restricts_what_is_selectable(monkeypatch, plugin_module):
@@ -237,7 +237,7 @@ def test_build_registry_picks_up_a_registered_plugin_by_kind_and_name():
             "ttl-test",
         ],
         "checkpointer": ["blocking", "blocking-test", "lazy-async", "memory-snapshot"],
-        "powercap": ["static-test"],
+        "powercap": ["none", "polca", "static", "static-test"],
     }
 
 
@@ -362,9 +362,16 @@ def test_hook_register_checkpointers_returns_named_checkpointers():
 
 
 def test_hook_register_powercaps_returns_named_powercaps():
-    assert manager.make_manager([]).hook.register_powercaps() == []
+    builtin = manager.make_manager([]).hook.register_powercaps()
+    assert [[impl.name for impl in batch] for batch in builtin] == [["none", "static", "polca"]]
     batches = manager_with(TestPlugin(), WrongKind()).hook.register_powercaps()
-    assert sorted(impl.name for batch in batches for impl in batch) == ["static-test", "ttl-test"]
+    assert sorted(impl.name for batch in batches for impl in batch) == [
+        "none",
+        "polca",
+        "static",
+        "static-test",
+        "ttl-test",
+    ]
 
 
 def test_hook_event_recorded_is_broadcast_to_every_plugin():

@@ -38,8 +38,11 @@ def capacity(name: str, prices: dict[str, float]) -> dict:
 
 def reconcile(name: str) -> None:
     with transaction.atomic():
-        cluster = store.find("Cluster", name)
-        if cluster is None or cluster.deletion_timestamp is not None:
+        if store.find("Cluster", name) is None:
+            return
+        # Locked: the power-cap controller writes status.power on the same row.
+        cluster = store.get("Cluster", name, for_update=True)
+        if cluster.deletion_timestamp is not None:
             return
         status = copy.deepcopy(cluster.status)
         status["capacity"] = capacity(name, cluster.spec.get("gpuPrices", {}))

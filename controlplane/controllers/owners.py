@@ -19,9 +19,10 @@ runtime resumes from its newest checkpoint: it is replaced only when its node is
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import cache, partial
 from typing import Any, NamedTuple
 
@@ -31,7 +32,7 @@ from pydantic import BaseModel
 from common.specs import KINDS, WORKLOAD_FINALIZER, DeploymentSpec
 from controlplane import events, fleet, store
 from controlplane.conditions import is_true, set_condition
-from controlplane.controllers import checkpoints, routers
+from controlplane.controllers import checkpoints, powercap, routers
 from controlplane.controllers.routers import Router
 from controlplane.controllers.sizing import (
     Choice,
@@ -243,13 +244,36 @@ def _unschedulable(
             reasons = [choice]
         else:
             view = placing()
-            for group, count in missing.items():
-                reason = _place(owner, spec, choice, view, workloads, count, group) if count > 0 else None
-                reasons += [reason] if reason else []
+            with _power_gate(view) as blocked:
+                for group, count in missing.items():
+                    reason = _place(owner, spec, choice, view, workloads, count, group) if count > 0 else None
+                    reasons += [reason] if reason else []
+                if reasons and blocked:
+                    reasons += [
+                        f"cluster {name} is over its power budget even at minimum caps, so nothing new "
+                        f"is placed there until it has headroom ({why})"
+                        for name, why in sorted(blocked.items())
+                    ]
     reason = targets.plan_problem or "; ".join(reasons) or None
     if targets.plan is not None and targets.plan.shortfall and not reason:
         reason = f"partial mix: {targets.plan.shortfall}"
     return f"{len(workloads)}/{targets.desired} scheduled; {reason}" if reason else None
+
+
+@contextlib.contextmanager
+def _power_gate(view: FleetView) -> Iterator[dict[str, str]]:
+    """While placing, the nodes of Clusters that cannot meet their power budget even at
+    minimum caps are unschedulable (controllers.powercap); the view is put back after,
+    since it is reused for the next pass."""
+    blocked = powercap.blocked_clusters()
+    closed = [n for n in view.nodes if n.cluster in blocked and n.schedulable]
+    for node in closed:
+        node.schedulable = False
+    try:
+        yield blocked
+    finally:
+        for node in closed:
+            node.schedulable = True
 
 
 def _fresh_view(view: tuple[FleetView, fleet.Basis] | None, stale: bool) -> FleetView:

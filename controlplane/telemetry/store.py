@@ -11,6 +11,7 @@ rows and deleted in the same transaction: a raw row is counted once or not at al
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from django.db import transaction
-from django.db.models import Max
+from django.db.models import Max, Sum
 from pydantic import ValidationError
 
 from common.envhelpers import envint
@@ -352,3 +353,117 @@ def fleet_power(node_names: Iterable[str]) -> float:
 def as_utc(moment: datetime) -> datetime:
     """Naive datetimes are taken as UTC, as the API documents."""
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+# --- a cluster's power over time ------------------------------------------------------
+
+MAX_POWER_POINTS = 1000
+HOLD_SECONDS = 60.0  # a node's last reading stands in for a bucket it sent nothing in, this long
+RAW_MARGIN_SECONDS = 300
+
+
+@dataclass
+class _NodeBucket:
+    """One node's readings in one bucket: their weighted sum, and the newest one."""
+
+    total: float = 0.0
+    weight: float = 0.0
+    last_end: float = float("-inf")
+    last_value: float = 0.0
+
+    def add(self, value: float, weight: float, end: float) -> None:
+        self.total += value * weight
+        self.weight += weight
+        if end >= self.last_end:
+            self.last_end, self.last_value = end, value
+
+
+def _node_power(devices: list[dict[str, Any]]) -> float | None:
+    """A raw sample's total draw; None when no device reported power (not a made-up zero)."""
+    readings = [d["powerW"] for d in devices if isinstance(d, dict) and d.get("powerW") is not None]
+    return sum(readings) if readings else None
+
+
+def cluster_power_series(
+    node_names: Iterable[str],
+    since: datetime,
+    until: datetime | None = None,
+    points: int = 120,
+) -> list[dict[str, Any]]:
+    """These nodes' summed power draw over [since, until] in about ``points`` buckets, oldest first.
+
+    Each item is ``{"at": bucket start (RFC 3339), "powerW": watts or None, "nodes": n}``.
+    A bucket's draw is the sum over nodes of each node's mean draw in it, so a cluster's
+    total does not depend on how many heartbeats happened to land in a bucket. Raw samples
+    cover the last hour and minute rows what is older (the two never overlap: a raw row is
+    deleted when it is folded), so a day's chart costs minute rows, not a day of samples;
+    buckets are then at least a minute wide. A node silent in a bucket counts with its
+    last reading for HOLD_SECONDS, so staggered heartbeats do not show as dips; a bucket
+    nobody reported in is None (a gap in the line, not a fall to zero). Buckets are
+    aligned to multiples of their width, so a polled chart's points do not shift.
+    """
+    if not isinstance(points, int) or isinstance(points, bool) or not 1 <= points <= MAX_POWER_POINTS:
+        raise Invalid(
+            f"points must be an integer from 1 to {MAX_POWER_POINTS}",
+            [{"field": "points", "fix": f"ask for at most {MAX_POWER_POINTS} points"}],
+        )
+    until = until or utcnow()
+    if until <= since:
+        return []
+    names = sorted(set(node_names))
+    # Whole seconds; the small allowance keeps "an hour ending now" at 30 s buckets when
+    # since and until were read from the clock a few milliseconds apart.
+    width = max(1, math.ceil((until - since).total_seconds() / points - 0.01))
+    # Minute rows cannot fill narrower buckets. The margin: a chart of "the last hour" starts
+    # a moment before the raw window does, and its first minute or so may be folded already;
+    # the hold bridges those few minute rows.
+    if since < utcnow() - timedelta(seconds=raw_seconds() + RAW_MARGIN_SECONDS):
+        width = max(60, math.ceil(width / 60) * 60)
+    origin = math.floor(since.timestamp() / width) * width
+    count = int((until.timestamp() - origin) // width) + 1
+    by_node: dict[str, dict[int, _NodeBucket]] = defaultdict(lambda: defaultdict(_NodeBucket))
+
+    def take(node: str, start: float, value: float, weight: float, end: float) -> None:
+        index = int((start - origin) // width)
+        if 0 <= index < count:
+            by_node[node][index].add(value, weight, end)
+
+    for first in range(0, len(names), QUERY_CHUNK):
+        chunk = names[first : first + QUERY_CHUNK]
+        raw = RawSample.objects.filter(node__in=chunk, at__gte=since, at__lte=until)
+        for node, at, devices in raw.values_list("node", "at", "devices").iterator(chunk_size=FOLD_BATCH):
+            value = _node_power(devices)
+            if value is not None:
+                moment = at.timestamp()
+                take(node, moment, value, 1.0, moment)
+        minutes = (
+            MinuteSample.objects.filter(node__in=chunk, minute__gte=floor_minute(since), minute__lte=until)
+            .values("node", "minute")
+            .annotate(total=Sum("power_w_avg"), samples=Max("samples"))
+            .values_list("node", "minute", "total", "samples")
+        )
+        for node, minute, total, samples in minutes:
+            if total is not None:
+                start = minute.timestamp()
+                take(node, start, float(total), float(max(samples or 1, 1)), start + 60)
+    totals = [0.0] * count
+    reporting = [0] * count
+    for buckets in by_node.values():
+        for index, bucket in sorted(buckets.items()):
+            totals[index] += bucket.total / bucket.weight
+            reporting[index] += 1
+            held = index + 1
+            while held < count and held not in buckets:
+                if origin + held * width - bucket.last_end >= HOLD_SECONDS:
+                    break
+                totals[held] += bucket.last_value
+                reporting[held] += 1
+                held += 1
+    return [
+        {
+            "at": rfc3339(datetime.fromtimestamp(origin + index * width, UTC)),
+            "powerW": round(totals[index], 3) if reporting[index] else None,
+            "nodes": reporting[index],
+        }
+        for index in range(count)
+    ]
