@@ -12,6 +12,7 @@ missing browser fails the run instead of skipping it.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -207,4 +208,30 @@ def test_a_sized_deployment_shows_its_plan(browser, live):
     page = log_in(browser, live, "viewer")
     page.goto(f"{live.stack.url}/deployments/plan-chat/")
     assert "melange" in page.wait_for_selector("#schedule-plan[data-policy=melange]").inner_text()
+    page.close()
+
+
+def test_a_clusters_power_page_shows_caps_on_batch_work_and_the_draw_against_the_budget(browser, live):
+    """A Cluster over its budget (two simulated H100s running a training job at full power,
+    1,400 W against 1,000 W): the polca controller caps it, the agent's ``simulate`` backend
+    applies the caps, and the Cluster page shows them live, with the draw chart."""
+    cluster = {"apiVersion": "flotilla.dev/v1", "kind": "Cluster", "metadata": {"name": "row-p"},
+               "spec": {"powerBudgetWatts": 1000, "policies": {"powercap": "polca"}}}  # fmt: skip
+    live.client.apply(json.dumps(cluster))
+    live.start_agent("gpu-power", "2xH100", cluster="row-p", extra_args=("--power-backend", "simulate"))
+    wait_for(lambda: live.node_ready("gpu-power"), what="the agent of row-p")
+    page = log_in(browser, live, "viewer")
+    page.goto(f"{live.stack.url}/clusters/row-p/")
+    mark_page(page)
+    job = {"apiVersion": "flotilla.dev/v1", "kind": "TrainingJob", "metadata": {"name": "hot-train"},
+           "spec": {"model": {"source": "builtin:tiny-llama"}, "data": {"source": "builtin:tiny-shakespeare"},
+                    "steps": 100, "resources": {"gpusPerReplica": 2}, "cluster": "row-p"}}  # fmt: skip
+    live.client.apply(json.dumps(job))
+    row = page.wait_for_selector("#cluster-power tr[data-capped]", timeout=90_000)
+    assert "TrainingJob" in row.inner_text() or "hot-train" in row.inner_text()
+    assert "1,000 W" in page.inner_text("#power-summary")
+    page.wait_for_selector("#cluster-power-chart svg")
+    assert still_same_page(page)  # the card came by htmx, not a reload
+    shot(page, "cluster-power")
+    live.client.delete("trainingjobs", "hot-train")
     page.close()
