@@ -20,6 +20,7 @@ from types import ModuleType
 from typing import Any
 
 from agents.devices import GPU_TYPES
+from plugins.sim import power as sim_power
 
 MIB = 1024 * 1024
 
@@ -30,6 +31,8 @@ class PowerModel:
 
     ``min_limit_fraction`` is the lowest power limit the board accepts, as a
     fraction of its default limit (real boards accept roughly 0.3-0.5 of it).
+    The figures are :mod:`plugins.sim.power`'s, so simulated agents and the
+    ``flotilla bench powercap`` simulation describe the same boards.
     """
 
     idle_fraction: float  # idle draw / default power limit
@@ -38,18 +41,14 @@ class PowerModel:
     min_limit_fraction: float
 
 
+def _from_sim(gpu_type: str) -> PowerModel:
+    sim = sim_power.power_model(gpu_type, tdp_watts=1.0)
+    return PowerModel(sim.idle, sim.boost_mhz, sim.idle_mhz, sim.min_limit)
+
+
 # Keyed by the same type names as agents.devices.GPU_TYPES (published boost clocks).
-POWER_MODELS: dict[str, PowerModel] = {
-    "H200": PowerModel(idle_fraction=0.10, boost_mhz=1980, idle_mhz=345, min_limit_fraction=0.30),
-    "H100": PowerModel(idle_fraction=0.10, boost_mhz=1980, idle_mhz=345, min_limit_fraction=0.30),
-    "A100-80GB": PowerModel(idle_fraction=0.15, boost_mhz=1410, idle_mhz=210, min_limit_fraction=0.375),
-    "A100-40GB": PowerModel(idle_fraction=0.15, boost_mhz=1410, idle_mhz=210, min_limit_fraction=0.375),
-    "L40S": PowerModel(idle_fraction=0.10, boost_mhz=2520, idle_mhz=210, min_limit_fraction=0.30),
-    "A10G": PowerModel(idle_fraction=0.10, boost_mhz=1710, idle_mhz=210, min_limit_fraction=0.33),
-    "L4": PowerModel(idle_fraction=0.15, boost_mhz=2040, idle_mhz=210, min_limit_fraction=0.50),
-    "V100": PowerModel(idle_fraction=0.12, boost_mhz=1530, idle_mhz=135, min_limit_fraction=0.50),
-}
-DEFAULT_MODEL = PowerModel(idle_fraction=0.12, boost_mhz=1500, idle_mhz=210, min_limit_fraction=0.40)
+POWER_MODELS: dict[str, PowerModel] = {gpu_type: _from_sim(gpu_type) for gpu_type in GPU_TYPES}
+DEFAULT_MODEL = _from_sim("")
 AMBIENT_C = 30.0
 HOT_RISE_C = 52.0  # degrees above ambient at the full default power limit
 JITTER_PERCENT = 2.0
@@ -76,26 +75,22 @@ def _jitter(index: int, moment: float) -> float:
 def simulated_sample(
     device: dict[str, Any], load: float, limit: float | None = None, moment: float = 0.0
 ) -> dict[str, Any]:
-    """The model: draw rises linearly from idle to the default limit with load, capped at ``limit``.
+    """The model (:mod:`plugins.sim.power`): draw rises from idle to the training draw with
+    load, capped at ``limit``.
 
-    A cap below what the load demands clamps the draw and lowers the clock
-    (dynamic power goes roughly with the cube of frequency), which is what the
-    power-cap controllers trade against throughput.
+    A cap below what the load demands clamps the draw and lowers the clock by the cube
+    root of the dynamic power it leaves, which is what the power-cap controllers trade
+    against throughput (``plugins.sim.power.PowerModel.speed``). The draw never exceeds
+    the limit.
     """
-    model = power_model(device.get("type", ""))
     full = default_limit(device)
+    model = sim_power.power_model(device.get("type", ""), tdp_watts=full)
     cap = full if limit is None else float(limit)
     busy = min(1.0, max(0.0, float(load)))
     utilization = min(100.0, max(0.0, 100.0 * busy + _jitter(device["index"], moment))) if busy else 0.0
-    idle = model.idle_fraction * full
-    demand = idle + utilization / 100.0 * (full - idle)
+    demand = model.busy_watts(utilization / 100.0)
     power = min(demand, cap)
-    if not busy:
-        clock = model.idle_mhz
-    elif power >= demand:
-        clock = model.boost_mhz
-    else:
-        clock = max(model.idle_mhz, model.boost_mhz * (power / demand) ** (1 / 3))
+    clock = model.boost_mhz * model.clock_share(demand, cap) if busy else model.idle_mhz
     return {
         "index": device["index"],
         "utilization": round(utilization, 2),

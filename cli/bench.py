@@ -27,6 +27,7 @@ from agents.runtimes.serve.bench_cli import add_parser as add_serve_bench
 from agents.runtimes.train.bench_checkpoint_cli import add_parser as add_checkpoint_bench
 from cli.bench_agents import add_parser as add_agents_bench
 from cli.bench_dashboard import add_parser as add_dashboard_bench
+from cli.bench_powercap import add_parser as add_powercap_bench
 from cli.bench_schedulers import add_parser as add_schedulers_bench
 from cli.bench_stack import GPU_MEMORY_MIB, add_backend_args, on_each_backend, percentile, print_summary
 from cli.output import table
@@ -68,6 +69,7 @@ def add_bench_parser(sub: Any) -> None:
         add_agents_bench,
         add_dashboard_bench,
         add_schedulers_bench,
+        add_powercap_bench,
     ):
         add_bench(benches)
 

@@ -247,7 +247,9 @@ class _Fleet:
         self.gpus = gpus
         self.params = params
         self.limit = {_key(g): min(g.limit_watts, g.max_watts) for g in gpus}
-        self.draw = {_key(g): counted_draw(g) for g in gpus}
+        # A board never draws above its limit for long: a reading above it is a cap the
+        # telemetry has not caught up with yet.
+        self.draw = {_key(g): min(counted_draw(g), self.limit[_key(g)]) for g in gpus}
         self.changed: dict[Key, float | None] = {}
 
     def total(self) -> float:

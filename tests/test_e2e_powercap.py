@@ -19,7 +19,7 @@ from tests.conftest import deployment
 from tests.e2e import condition, running_stack, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
-BUDGET = 2200.0
+BUDGET = 1900.0
 
 
 @pytest.fixture(scope="module")

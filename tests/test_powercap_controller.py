@@ -281,8 +281,27 @@ def test_a_powercap_policy_with_bad_params_is_refused_at_apply_naming_the_field(
     text = str(caught.value.body())
     assert "spec.params.releaseThreshold" in text and "capThreshold" in text, text
     policy["spec"]["params"] = {"capThreshold": 0.8, "stepShare": 0.05}
-    apply([policy, cluster(policy="polca-odd")], actor="test")
+    apply([policy, cluster(budget=1000.0, policy="polca-odd")], actor="test")
     register("n1", gpus=2)
-    sample("n1", [900.0, 900.0])
+    sample("n1", [650.0, 650.0])
     assert powercap.reconcile("row-a") is not None
     assert store.get("Node", "n1").status["power"]["desiredBy"] == "powercap/polca"
+
+
+def test_a_pass_before_the_agent_applied_the_last_caps_does_not_cap_other_work():
+    """The beat and telemetry arrival run passes a second apart; an agent applies limits on its
+    next heartbeat. Until it does, the draw is what it was: a second pass must not read that
+    as its caps failing and cap critical serving too (seen in the end-to-end test)."""
+    apply([cluster(budget=1900.0, policy="polca")], actor="test")
+    register("n1", gpus=4)
+    place(
+        training_job("pretrain", gpus=2, priority="batch"),
+        deployment("chat", replicas=2, cluster="row-a", priority="critical"),
+    )
+    gpus, _ = powercap.read_gpus("row-a")
+    draws = [406.0 if g.owner == "Deployment/chat" else 630.0 for g in sorted(gpus, key=lambda g: g.index)]
+    sample("n1", draws)  # 2,072 W: above 95% of the budget
+    for _ in range(3):  # the agent has not applied anything yet
+        powercap.reconcile("row-a")
+    owners_capped = {c["owner"] for c in status_power()["capped"]}
+    assert owners_capped == {"TrainingJob/pretrain"}, status_power()["capped"]

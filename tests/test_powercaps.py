@@ -183,7 +183,7 @@ def test_polca_releases_highest_priority_first_and_only_within_the_projected_bud
         (1, "critical", 210, 210),
     )
     busy = sum(g.draw_watts for g in capped)
-    gpus = capped + [gpu(5 + i, "critical", (7400 - busy) / 8) for i in range(8)]  # 7,400 W
+    gpus = capped + [gpu(5 + i, "critical", (7400 - busy) / 10) for i in range(10)]  # 7,400 W
 
     # The worst case may grow by 8,500 - 7,400 = 1,100 W; steps are half a board (350 W).
     decision = decide("polca", 10_000, gpus, stepShare=0.5)

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -123,7 +124,6 @@ def read_gpus(cluster: str) -> tuple[list[GpuPower], list[str]]:
         stale = sample is None or sample["ageSeconds"] > stale_after
         readings = {} if stale else {int(d["index"]): d for d in sample["devices"] if "index" in d}
         applied = (node.status.get("power") or {}).get("applied") or {}
-        desired = power.desired_limits(node.status)
         listed = False
         for device in node.status.get("devices") or []:
             span = _device_range(device) if isinstance(device, dict) else None
@@ -131,10 +131,11 @@ def read_gpus(cluster: str) -> tuple[list[GpuPower], list[str]]:
                 continue
             index = int(device["index"])
             reading = readings.get(index, {})
-            if str(index) in desired:  # what the controller asked for, applied or on its way
-                limit = desired[str(index)] or span[1]
-            else:
-                limit = applied.get(str(index)) or reading.get("powerLimitW") or span[1]
+            # What the board has now, as the agent reported it: not what was asked for. A pass
+            # that runs before the agent applied the last one's limits sees the draw those
+            # limits have not cut yet; deciding from the asked-for limits, a plugin would read
+            # that draw as its caps failing and cap other GPUs harder.
+            limit = applied.get(str(index)) or reading.get("powerLimitW") or span[1]
             limit = min(span[1], max(span[0], float(limit)))
             # No fresh reading: the GPU may be drawing anything up to its limit.
             draw = limit if stale or reading.get("powerW") is None else float(reading["powerW"])
@@ -175,7 +176,8 @@ def _clamped(decision: PowerDecision, gpus: list[GpuPower]) -> dict[tuple[str, i
         if watts is None or watts >= gpu.max_watts:
             out[key] = None
         else:
-            out[key] = round(max(gpu.min_watts, float(watts)), 1)
+            # A tenth of a watt, rounded down: rounding up would give a GPU more than asked.
+            out[key] = math.floor(max(gpu.min_watts, float(watts)) * 10) / 10
     return out
 
 

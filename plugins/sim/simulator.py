@@ -249,6 +249,15 @@ class _Instance:
         self.outstanding = 0
         self.last_end = -math.inf  # the latest step's end and how many requests it completed,
         self.last_done = 0  # which count as outstanding until then
+        # Step-time multipliers an outside model sets as it goes (a power cap slowing the
+        # GPUs: plugins.sim.power_bench); 1.0 leaves every step time exactly as profiled.
+        self.prefill_scale = 1.0
+        self.decode_scale = 1.0
+        # Seconds spent in each phase so far, and decode seconds times rows (for the
+        # power model, which draws more with a larger decode batch).
+        self.prefill_s = 0.0
+        self.decode_s = 0.0
+        self.decode_rows_s = 0.0
 
     def load(self, now: float) -> int:
         """Requests dispatched here and not yet finished (or handed off) at ``now``."""
@@ -333,7 +342,10 @@ class _Instance:
                 context = rows * max(s.seq for s in ready)
             else:
                 context = sum(s.seq for s in ready)
-            t += self.d_base + self.d_seq * rows + self.d_ctx * context
+            step = (self.d_base + self.d_seq * rows + self.d_ctx * context) * self.decode_scale
+            t += step
+            self.decode_s += step
+            self.decode_rows_s += step * rows
             for s in ready:
                 s.gen += 1
                 s.seq += 1
@@ -343,7 +355,11 @@ class _Instance:
         if admitted:
             rows, width = len(admitted), max(s.seq - s.hit for s in admitted)
             length = max(s.seq for s in admitted)  # every row attends over its whole prompt
-            t += self.p_base + self.p_tok * rows * width + self.p_sq * rows * width * length
+            step = (
+                self.p_base + self.p_tok * rows * width + self.p_sq * rows * width * length
+            ) * self.prefill_scale
+            t += step
+            self.prefill_s += step
             for s in admitted:
                 if cache is not None and s.hashes:
                     if s.first is None:
@@ -451,8 +467,9 @@ class _Instance:
                 return False
         steps = min(s.out - s.gen for s in running)  # the last of them finishes someone
         context = batch * max(s.seq for s in running) if self.padded else sum(s.seq for s in running)
-        first = self.d_base + self.d_seq * batch + self.d_ctx * context
-        grow = self.d_ctx * batch  # every step each row's context grows by one
+        scale = self.decode_scale
+        first = (self.d_base + self.d_seq * batch + self.d_ctx * context) * scale
+        grow = self.d_ctx * batch * scale  # every step each row's context grows by one
 
         def start(i: int) -> float:  # when the i-th step from now starts
             return self.t + i * first + grow * i * (i - 1) / 2
@@ -469,6 +486,8 @@ class _Instance:
                     hi = mid - 1
             steps = lo
         end = start(steps)
+        self.decode_s += end - self.t
+        self.decode_rows_s += (end - self.t) * batch
         used = 0
         done = 0
         for s in running:
@@ -513,35 +532,60 @@ def _fits(blocks: int, block_size: int, tokens: int) -> bool:
     return -(-(tokens + 1) // block_size) <= blocks
 
 
-def _run_pool(arrivals: list[tuple[float, int, _Seq]], pool: list[_Instance], dispatch: Dispatch) -> None:
-    """Feed ``arrivals`` (time-sorted) to ``pool`` and run every instance until it is idle."""
-    heap: list[tuple[float, int]] = []  # (next step start, instance) for busy instances
-    turn = 0
-    for now, _, s in arrivals:
-        while heap and heap[0][0] < now:
+class _Feeder:
+    """Feeds time-sorted arrivals to a pool, resumably: :meth:`run_until` may be called with
+    growing horizons (an outside clock), and ``run_until(math.inf)`` runs everything out."""
+
+    def __init__(self, arrivals: list[tuple[float, int, _Seq]], pool: list[_Instance], dispatch: Dispatch):
+        self.arrivals, self.pool, self.dispatch = arrivals, pool, dispatch
+        self.next = 0  # the first arrival not yet dispatched
+        self.heap: list[tuple[float, int]] = []  # (next step start, instance) for busy instances
+        self.turn = 0
+
+    def run_until(self, horizon: float) -> None:
+        """Dispatch the arrivals before ``horizon`` and run every step that starts before it."""
+        arrivals, pool, heap, dispatch = self.arrivals, self.pool, self.heap, self.dispatch
+        while self.next < len(arrivals) and arrivals[self.next][0] < horizon:
+            now, _, s = arrivals[self.next]
+            self.next += 1
+            while heap and heap[0][0] < now:
+                _, i = heapq.heappop(heap)
+                instance = pool[i]
+                instance.advance(now)
+                if instance.busy:
+                    heapq.heappush(heap, (instance.t, i))
+            if dispatch == "round_robin":
+                index = self.turn % len(pool)
+                self.turn += 1
+            elif dispatch == "least_loaded":
+                index = min(range(len(pool)), key=lambda i: pool[i].load(now))
+            else:
+                index = dispatch(s.request, [instance.view(i, now) for i, instance in enumerate(pool)])
+                if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(pool):
+                    raise ValueError(
+                        f"dispatch returned {index!r}; it must be an instance index 0..{len(pool) - 1}"
+                    )
+            instance = pool[index]
+            was_busy = instance.busy
+            instance.enqueue(s, now)
+            if not was_busy:
+                heapq.heappush(heap, (instance.t, index))
+        if horizon == math.inf:
+            for _, i in heap:
+                pool[i].advance(math.inf)
+            heap.clear()
+            return
+        while heap and heap[0][0] < horizon:
             _, i = heapq.heappop(heap)
             instance = pool[i]
-            instance.advance(now)
+            instance.advance(horizon)
             if instance.busy:
                 heapq.heappush(heap, (instance.t, i))
-        if dispatch == "round_robin":
-            index = turn % len(pool)
-            turn += 1
-        elif dispatch == "least_loaded":
-            index = min(range(len(pool)), key=lambda i: pool[i].load(now))
-        else:
-            index = dispatch(s.request, [instance.view(i, now) for i, instance in enumerate(pool)])
-            if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(pool):
-                raise ValueError(
-                    f"dispatch returned {index!r}; it must be an instance index 0..{len(pool) - 1}"
-                )
-        instance = pool[index]
-        was_busy = instance.busy
-        instance.enqueue(s, now)
-        if not was_busy:
-            heapq.heappush(heap, (instance.t, index))
-    for _, i in heap:
-        pool[i].advance(math.inf)
+
+
+def _run_pool(arrivals: list[tuple[float, int, _Seq]], pool: list[_Instance], dispatch: Dispatch) -> None:
+    """Feed ``arrivals`` (time-sorted) to ``pool`` and run every instance until it is idle."""
+    _Feeder(arrivals, pool, dispatch).run_until(math.inf)
 
 
 def _check_pool(name: str, count: int) -> None:
@@ -558,6 +602,72 @@ def _result(seqs: list[_Seq], gpus: int, pool: list[_Instance] | None = None) ->
     start = min(s.arrival for s in seqs)
     end = max(max(s.arrival for s in seqs), max((s.finish for s in seqs if not s.rejected), default=start))
     return SimResult(results, end - start, gpus, prefix)
+
+
+class LivePool:
+    """``instances`` engines of ``profile`` serving ``requests``, advanced by an outside clock.
+
+    For simulations whose engines change speed while they run -- a power cap slowing the
+    GPUs (``plugins.sim.power_bench``): call :meth:`run_until` with growing horizons, set an
+    engine's ``prefill_scale`` / ``decode_scale`` between calls (its step times are
+    multiplied by them from its next step), read the seconds it spent in each phase with
+    :meth:`phase_seconds`, and take :meth:`result` at the end. A step that starts before a
+    horizon runs to its end, so an engine may be up to one step past it (:meth:`clock`).
+    With every scale left at 1.0 the result is exactly :func:`simulate`'s.
+    """
+
+    def __init__(
+        self,
+        requests: list[Request],
+        profile: GpuProfile,
+        instances: int = 1,
+        dispatch: Dispatch = "least_loaded",
+        *,
+        attention: Attention = "padded",
+        max_prefill_tokens: int = DEFAULT_MAX_PREFILL_TOKENS,
+        cache: PrefixCache | None = None,
+    ):
+        _check_pool("instances", instances)
+        if dispatch not in ("round_robin", "least_loaded") and not callable(dispatch):
+            raise ValueError(
+                f"dispatch must be 'round_robin', 'least_loaded' or a function, got {dispatch!r}"
+            )
+        self.profile = profile
+        self.seqs = [_Seq(r) for r in requests]
+        self.pool = [_Instance(profile, attention, max_prefill_tokens, cache=cache) for _ in range(instances)]
+        arrivals = []
+        for s in self.seqs:
+            if _fits(profile.kv_blocks, profile.block_size, s.inp + s.out):
+                arrivals.append((s.arrival, s.id, s))
+            else:
+                s.rejected = True
+        arrivals.sort(key=lambda a: a[0])
+        self._feeder = _Feeder(arrivals, self.pool, dispatch)
+
+    def run_until(self, horizon: float) -> None:
+        """Dispatch the requests arriving before ``horizon`` and run the steps starting before it."""
+        self._feeder.run_until(horizon)
+
+    def set_scales(self, index: int, prefill: float, decode: float) -> None:
+        """Multiply engine ``index``'s prefill and decode step times by these from its next step."""
+        if not (prefill > 0 and decode > 0 and math.isfinite(prefill) and math.isfinite(decode)):
+            raise ValueError(f"step-time scales must be positive numbers, got {prefill!r}, {decode!r}")
+        instance = self.pool[index]
+        instance.prefill_scale, instance.decode_scale = prefill, decode
+
+    def phase_seconds(self, index: int) -> tuple[float, float, float]:
+        """Engine ``index``'s seconds of prefill, of decode, and of decode times its rows, so far."""
+        instance = self.pool[index]
+        return instance.prefill_s, instance.decode_s, instance.decode_rows_s
+
+    def clock(self, index: int) -> float:
+        """When engine ``index``'s last step ended (its next one starts no earlier)."""
+        return self.pool[index].t
+
+    def result(self) -> SimResult:
+        """Run everything out and return the per-request outcomes (in the order of ``requests``)."""
+        self._feeder.run_until(math.inf)
+        return _result(self.seqs, len(self.pool) * self.profile.gpus, self.pool)
 
 
 def simulate(
@@ -578,20 +688,11 @@ def simulate(
     itself. ``cache``: each instance keeps a prefix cache of the requests' named prompt
     blocks (None: nothing is reused). Results come back in the order of ``requests``.
     """
-    _check_pool("instances", instances)
-    if dispatch not in ("round_robin", "least_loaded") and not callable(dispatch):
-        raise ValueError(f"dispatch must be 'round_robin', 'least_loaded' or a function, got {dispatch!r}")
-    seqs = [_Seq(r) for r in requests]
-    pool = [_Instance(profile, attention, max_prefill_tokens, cache=cache) for _ in range(instances)]
-    arrivals = []
-    for s in seqs:
-        if _fits(profile.kv_blocks, profile.block_size, s.inp + s.out):
-            arrivals.append((s.arrival, s.id, s))
-        else:
-            s.rejected = True
-    arrivals.sort(key=lambda a: a[0])
-    _run_pool(arrivals, pool, dispatch)
-    return _result(seqs, instances * profile.gpus, pool)
+    pool = LivePool(
+        requests, profile, instances, dispatch, attention=attention, max_prefill_tokens=max_prefill_tokens,
+        cache=cache,
+    )  # fmt: skip
+    return pool.result()
 
 
 def simulate_disaggregated(
